@@ -1,0 +1,179 @@
+"""Event contract v1 (see docs/events.md): decoding and validation.
+
+Validation is hand-written rather than a pydantic model per event because it
+runs once per Kafka message on the hot path; the rules live in the tables below
+so the contract is still declared in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable
+
+import orjson
+
+from kpi_core.errors import InvalidEvent
+
+#: Every reason an event can be rejected for. Bounded, so it is a safe metric label.
+REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "unknown_type",
+    "type_mismatch",
+    "bad_timestamp",
+)
+
+#: Event time must fall in this range (epoch ms). Outside it is a producer bug,
+#: and letting it through would drag the watermark decades forward or back.
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+MAX_STR_LEN = 256  # campaign names, channels, ids and attributes
+
+COMMON_FIELDS = ("type", "ts", "event_id", "campaign", "channel")
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{name} must be a string, got {type(value).__name__}")
+    if not value or len(value) > MAX_STR_LEN:
+        raise InvalidEvent("invalid_value", f"{name} must be 1..{MAX_STR_LEN} characters")
+    return value
+
+
+def _amount(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent("wrong_type", f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or value > 1e12:
+        raise InvalidEvent("invalid_value", f"{name} must be a finite number in [0, 1e12]")
+    return value
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidEvent("wrong_type", f"{name} must be true or false")
+    return value
+
+
+def _stage(name: str, value: Any) -> str:
+    value = _string(name, value)
+    if value not in ("lead", "mql", "sql"):
+        raise InvalidEvent("invalid_value", f"{name} must be one of lead, mql, sql")
+    return value
+
+
+def _score(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10:
+        raise InvalidEvent("invalid_value", f"{name} must be an integer from 0 to 10")
+    return value
+
+
+Check = Callable[[str, Any], Any]
+
+#: Per-type required fields and how each is checked.
+TYPE_FIELDS: dict[str, dict[str, Check]] = {
+    "impression": {},
+    "click": {"cost": _amount},
+    "pageview": {"visitor_id": _string, "session_id": _string, "page": _string},
+    "lead": {"lead_id": _string, "stage": _stage},
+    "order": {"order_id": _string, "revenue": _amount, "customer_id": _string, "new_customer": _boolean},
+    "spend": {"amount": _amount},
+    "survey": {"score": _score},
+}
+
+#: Fields that are numbers or booleans; every other field is a string attribute.
+NUMERIC_FIELDS = frozenset({"cost", "revenue", "amount", "score", "new_customer"})
+
+#: Fields every event type carries, for config checks of filters and breakdowns.
+ALWAYS_PRESENT = frozenset({"type", "campaign", "channel"})
+
+#: The virtual ``session`` records built from page views (see kpi_core.sessions).
+SESSION_FIELDS = frozenset({"campaign", "channel", "visitor_id", "session_id", "page", "bounced", "pageviews"})
+
+EVENT_TYPES = tuple(TYPE_FIELDS)
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated event: its type, event time in epoch milliseconds, and its fields."""
+
+    type: str
+    ts: int
+    data: dict[str, Any]  # campaign, channel, per-type fields and extra string attributes
+
+
+def parse_ts(value: Any) -> int:
+    """Event time as epoch milliseconds, from epoch ms or ISO-8601 with an offset."""
+    if isinstance(value, bool):
+        raise InvalidEvent("bad_timestamp", "ts must be epoch milliseconds or ISO-8601 with an offset")
+    if isinstance(value, int):
+        ts = value
+    elif isinstance(value, float) and math.isfinite(value):
+        ts = int(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            raise InvalidEvent("bad_timestamp", "ts is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            raise InvalidEvent("bad_timestamp", "ts must carry a UTC offset, e.g. 2024-05-01T12:00:00+00:00")
+        ts = int(parsed.timestamp() * 1000)
+    else:
+        raise InvalidEvent("bad_timestamp", "ts must be epoch milliseconds or ISO-8601 with an offset")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise InvalidEvent("bad_timestamp", "ts must fall between 2000-01-01 and 2100-01-01")
+    return ts
+
+
+def validate(obj: Any, implied_type: str | None = None) -> Event:
+    """Check a decoded JSON value against the contract and return the Event."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_an_object", "an event must be a JSON object")
+    etype = obj.get("type", implied_type)
+    if etype is None:
+        raise InvalidEvent("missing_field", "type is required on this topic")
+    if etype not in TYPE_FIELDS:
+        raise InvalidEvent("unknown_type", f"unknown event type {str(etype)[:40]!r}")
+    if implied_type is not None and etype != implied_type:
+        raise InvalidEvent("type_mismatch", f"a {etype} event on a topic that carries {implied_type} events")
+    if "ts" not in obj:
+        raise InvalidEvent("missing_field", "ts is required")
+    ts = parse_ts(obj["ts"])
+    data: dict[str, Any] = {}
+    for name in ("campaign", "channel"):
+        if name not in obj:
+            raise InvalidEvent("missing_field", f"{name} is required")
+        data[name] = _string(name, obj[name])
+    for name, check in TYPE_FIELDS[etype].items():
+        if name not in obj:
+            raise InvalidEvent("missing_field", f"{name} is required on {etype} events")
+        data[name] = check(name, obj[name])
+    if "event_id" in obj:
+        data["event_id"] = _string("event_id", obj["event_id"])
+    for name, value in obj.items():
+        # Extra string attributes are kept for breakdowns; other extras are ignored.
+        if name not in data and name not in COMMON_FIELDS and isinstance(value, str):
+            if len(name) > MAX_STR_LEN or len(value) > MAX_STR_LEN:
+                raise InvalidEvent("invalid_value", f"attribute names and values must be at most {MAX_STR_LEN} characters")
+            data[name] = value
+    return Event(etype, ts, data)
+
+
+def decode(raw: bytes, implied_type: str | None = None) -> Event:
+    """Decode one Kafka message value into an Event, or raise InvalidEvent."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent("invalid_json", str(exc)[:200]) from None
+    return validate(obj, implied_type)
+
+
+def to_json(event: Event) -> dict[str, Any]:
+    """The event back as a contract-conformant JSON object (ts as epoch ms)."""
+    return {"type": event.type, "ts": event.ts, **event.data}

@@ -1,0 +1,108 @@
+"""What a closed window produces: snapshots of KPI values, and breaches of targets.
+
+These records are the contract between the core and every output adapter: the
+``kpi-snapshots`` topic, the Prometheus exporter, replay's printer and ``alerts``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO-8601 UTC, the form every output uses."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def breakdown_name(dims: tuple[str, ...]) -> str:
+    """The label for a breakdown: its dimensions joined by commas, or ``total``."""
+    return ",".join(dims) if dims else "total"
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One closed window of one breakdown group: raw measures and the KPIs computed from them."""
+
+    window: str  # the window's name, e.g. "1m"
+    start: int  # epoch ms, inclusive
+    end: int  # epoch ms, exclusive
+    dims: tuple[str, ...]  # the breakdown, e.g. ("campaign",); () is the global total
+    group: dict[str, str]  # the breakdown value, e.g. {"campaign": "spring-sale"}
+    phase: str  # "events", or "sessions" for KPIs that wait for sessions to finish
+    measures: dict[str, float]
+    kpis: dict[str, float | None]  # None: the denominator was zero, so the KPI is missing
+
+    @property
+    def key(self) -> str:
+        """A stable identity: the same window and group always give the same key."""
+        parts = [self.window, str(self.start), self.phase, breakdown_name(self.dims)]
+        parts += [self.group[d] for d in self.dims]
+        return "|".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "window": self.window,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "breakdown": breakdown_name(self.dims),
+            "group": self.group,
+            "phase": self.phase,
+            "measures": self.measures,
+            "kpis": self.kpis,
+        }
+
+
+@dataclass(slots=True)
+class Breach:
+    """A KPI on the wrong side of its target in one closed window of one group."""
+
+    kpi: str
+    value: float
+    target: float
+    direction: str  # "higher" or "lower": which side is good
+    unit: str
+    numerator: float  # the volume behind the value
+    denominator: float
+    numerator_name: str
+    denominator_name: str
+    window: str
+    start: int
+    end: int
+    dims: tuple[str, ...]
+    group: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity of the breach: one per KPI, window and group."""
+        return "|".join([self.kpi, self.window, str(self.start), breakdown_name(self.dims), *self.group.values()])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kpi": self.kpi,
+            "value": self.value,
+            "target": self.target,
+            "direction": self.direction,
+            "unit": self.unit,
+            "numerator": {self.numerator_name: self.numerator},
+            "denominator": {self.denominator_name: self.denominator},
+            "window": self.window,
+            "start": iso(self.start),
+            "end": iso(self.end),
+            "breakdown": breakdown_name(self.dims),
+            "group": self.group,
+        }
+
+
+def format_value(value: float, unit: str) -> str:
+    """A KPI value for people: percent units as %, currency with 2 decimals."""
+    if unit == "percent":
+        return f"{value * 100:.2f}%"
+    if unit == "currency":
+        return f"{value:,.2f}"
+    if unit == "seconds":
+        return f"{value:.1f}s"
+    if unit == "count":
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
