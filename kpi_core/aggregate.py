@@ -1,0 +1,275 @@
+"""Stage 1: pre-aggregate one partition's events into per-window, per-group measure vectors.
+
+Each partition of the internal events topic owns one ``PartitionAggregator``. It
+assigns events to event-time windows, tracks page-view sessions, and closes
+windows when its watermark (minus the allowed lateness) passes their end. What a
+closed window yields is a *partial*: this partition's share of each group's
+measures, which ``kpi_core.combine`` adds up across partitions.
+
+Exactly-once bookkeeping: every stored cell remembers, per source partition, the
+highest source offset it has absorbed (``marks``). Cells and marks are stored
+together in one value, so after a crash the restored state and the replayed
+input agree: an event whose offset a cell has already absorbed is skipped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import orjson
+
+from kpi_core.plan import EVENTS, SESSIONS, Plan
+from kpi_core.windows import Watermark, window_starts
+
+#: An event as carried between stages: (source, source offset, type, ts, data).
+Routed = tuple[str, int, str, int, dict[str, Any]]
+
+NEVER = -(2**62)  # horizon before any watermark
+FOREVER = 2**62  # horizon that closes everything (end of a replay)
+
+
+@dataclass(slots=True)
+class Partial:
+    """One partition's measures for one window, phase and group."""
+
+    window: int  # index into config.windows
+    start: int
+    phase: str
+    breakdown: int  # index into config.breakdowns
+    group: tuple[str, ...]
+    vector: list[float]
+
+
+class Cell:
+    __slots__ = ("v", "m")
+
+    def __init__(self, v: list[float], m: dict[str, int]) -> None:
+        self.v = v
+        self.m = m  # source -> highest offset absorbed
+
+
+class Session:
+    __slots__ = ("first", "last", "n", "data")
+
+    def __init__(self, first: int, last: int, n: int, data: dict[str, Any]) -> None:
+        self.first, self.last, self.n, self.data = first, last, n, data
+
+    def record(self) -> dict[str, Any]:
+        """The virtual ``session`` event measures see (see docs/events.md)."""
+        d = self.data
+        out = {k: v for k, v in d.items() if isinstance(v, str)}
+        out.update(bounced=self.n == 1, pageviews=self.n)
+        return out
+
+
+class SessionGroup:
+    """All sessions seen for one (campaign, session_id), with the marks that dedup replays."""
+
+    __slots__ = ("sessions", "m")
+
+    def __init__(self, sessions: list[Session], m: dict[str, int]) -> None:
+        self.sessions = sessions
+        self.m = m
+
+
+def _key(*parts: Any) -> str:
+    return orjson.dumps(parts).decode()
+
+
+class PartitionAggregator:
+    """Stage-1 state of one partition: open windows, sessions and the watermark."""
+
+    def __init__(self, plan: Plan, *, idle_ms: int) -> None:
+        self.plan = plan
+        self.cells: dict[tuple[int, int], dict[tuple[int, tuple[str, ...]], Cell]] = {}
+        self.sessions: dict[tuple[str, str], SessionGroup] = {}
+        self.watermark = Watermark(idle_ms)
+        self.horizon = NEVER  # everything that ends at or before this is closed
+        self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
+        self._deleted: set[tuple[Any, ...]] = set()
+        self._windows = [(w.size, w.step) for w in plan.windows]
+        self._grain = math.gcd(*(step for _, step in self._windows))
+
+    # -- input -----------------------------------------------------------------
+
+    def apply(self, events: Iterable[Routed]) -> list[Routed]:
+        """Absorb events into their windows; return the ones too late to count."""
+        late: list[Routed] = []
+        plan, horizon = self.plan, self.horizon
+        for ev in events:
+            src, off, etype, ts, data = ev
+            is_late = False
+            groups = plan.groups(data)
+            for wi, (size, step) in enumerate(self._windows):
+                for start in window_starts(ts, size, step):
+                    if start + size <= horizon:
+                        is_late = True
+                        continue
+                    window = self.cells.get((wi, start))
+                    if window is None:
+                        window = self.cells[(wi, start)] = {}
+                    for g in groups:
+                        cell = window.get(g)
+                        if cell is None:
+                            cell = window[g] = Cell([0.0] * plan.size, {})
+                        elif cell.m.get(src, -1) >= off:
+                            continue  # absorbed before a crash; the restored state has it
+                        if plan.add(cell.v, etype, data):
+                            cell.m[src] = off
+                            self._dirty.add(("c", wi, start, g[0], g[1]))
+            if etype == "pageview" and plan.needs_sessions and ts > horizon:
+                self._track_session(src, off, ts, data)
+            if is_late:
+                late.append(ev)
+        return late
+
+    def _track_session(self, src: str, off: int, ts: int, data: dict[str, Any]) -> None:
+        skey = (data["campaign"], data["session_id"])
+        group = self.sessions.get(skey)
+        if group is None:
+            group = self.sessions[skey] = SessionGroup([], {})
+        elif group.m.get(src, -1) >= off:
+            return
+        group.m[src] = off
+        timeout = self.plan.session_timeout
+        for s in group.sessions:
+            if s.first - timeout <= ts <= s.last + timeout:
+                s.n += 1
+                if ts < s.first:
+                    s.first, s.data = ts, data  # the earliest page view is the landing page
+                s.last = max(s.last, ts)
+                break
+        else:
+            group.sessions.append(Session(ts, ts, 1, data))
+        self._dirty.add(("s", *skey))
+
+    def observe(self, source: str, ts: int, now: float | None) -> None:
+        """Record how far one source partition has progressed in event time."""
+        self.watermark.observe(source, ts, now)
+        self._dirty.add(("w",))
+
+    # -- closing ---------------------------------------------------------------
+
+    def advance(self, now: float | None, *, force: int | None = None) -> list[Partial]:
+        """Move the horizon to watermark − lateness and return the partials of windows that closed."""
+        wm = self.watermark.current(now)
+        target = force if force is not None else (NEVER if wm is None else wm - self.plan.lateness)
+        old = self.horizon
+        if target <= old:
+            return []
+        self.horizon = target
+        self._dirty.add(("w",))
+        if not self._crosses_boundary(old, target):
+            return []
+        out: list[Partial] = []
+        timeout = self.plan.session_timeout
+        phases = self.plan.phases
+        for (wi, start) in sorted(self.cells.keys() | self._session_windows(old, target)):
+            size = self._windows[wi][0]
+            end = start + size
+            if EVENTS in phases and old < end <= target:
+                out += self._emit(wi, start, EVENTS)
+            if SESSIONS in phases and old < end + timeout <= target:
+                self._add_sessions(wi, start, end)
+                out += self._emit(wi, start, SESSIONS)
+            if end + (timeout if SESSIONS in phases else 0) <= target:
+                for g in self.cells.pop((wi, start), {}):
+                    self._drop(("c", wi, start, g[0], g[1]))
+        self._expire_sessions()
+        return out
+
+    def _crosses_boundary(self, old: int, new: int) -> bool:
+        # Window ends are multiples of the steps' gcd, so between two such multiples
+        # nothing can close and the scan below is skipped (advance runs per batch).
+        g, timeout = self._grain, self.plan.session_timeout
+        if old == NEVER or new == FOREVER:
+            return True
+        return new // g > old // g or (new - timeout) // g > (old - timeout) // g
+
+    def _session_windows(self, old: int, new: int) -> set[tuple[int, int]]:
+        # A window that only sessions contribute to has no cell yet when its sessions close.
+        if SESSIONS not in self.plan.phases:
+            return set()
+        found = set()
+        for group in self.sessions.values():
+            for s in group.sessions:
+                for wi, (size, step) in enumerate(self._windows):
+                    for start in window_starts(s.first, size, step):
+                        if old < start + size + self.plan.session_timeout <= new:
+                            found.add((wi, start))
+        return found
+
+    def _add_sessions(self, wi: int, start: int, end: int) -> None:
+        window = self.cells.setdefault((wi, start), {})
+        plan = self.plan
+        for group in self.sessions.values():
+            for s in group.sessions:
+                if start <= s.first < end:
+                    record = s.record()
+                    for g in plan.groups(record):
+                        cell = window.get(g)
+                        if cell is None:
+                            cell = window[g] = Cell([0.0] * plan.size, {})
+                        plan.add(cell.v, "session", record)
+
+    def _emit(self, wi: int, start: int, phase: str) -> list[Partial]:
+        return [Partial(wi, start, phase, g[0], g[1], list(c.v)) for g, c in self.cells.get((wi, start), {}).items()]
+
+    def _expire_sessions(self) -> None:
+        timeout, horizon = self.plan.session_timeout, self.horizon
+        for skey in list(self.sessions):
+            group = self.sessions[skey]
+            keep = [s for s in group.sessions if max(s.last, self._last_window_end(s.first)) + timeout > horizon]
+            if len(keep) != len(group.sessions):
+                if keep:
+                    group.sessions = keep
+                    self._dirty.add(("s", *skey))
+                else:
+                    del self.sessions[skey]
+                    self._drop(("s", *skey))
+
+    def _last_window_end(self, ts: int) -> int:
+        return max(ts - ts % step + size for size, step in self._windows)
+
+    def _drop(self, key: tuple[Any, ...]) -> None:
+        self._dirty.discard(key)
+        self._deleted.add(key)
+
+    # -- persistence -----------------------------------------------------------
+
+    def changes(self) -> tuple[dict[str, Any], set[str]]:
+        """State written since the last call: values to store by key, and keys to delete."""
+        upserts = {_key(*key): self._value(key) for key in self._dirty}
+        deleted = {_key(*key) for key in self._deleted - self._dirty}
+        self._dirty, self._deleted = set(), set()
+        return upserts, deleted
+
+    def _value(self, parts: tuple[Any, ...]) -> Any:
+        kind = parts[0]
+        if kind == "w":
+            return {"latest": self.watermark.latest, "horizon": self.horizon}
+        if kind == "c":
+            _, wi, start, bi, group = parts
+            cell = self.cells[(wi, start)][(bi, group)]
+            return {"v": cell.v, "m": cell.m}
+        _, campaign, sid = parts
+        g = self.sessions[(campaign, sid)]
+        return {"s": [[s.first, s.last, s.n, s.data] for s in g.sessions], "m": g.m}
+
+    def load(self, key: str, value: Any) -> None:
+        """Restore one stored entry (from ``changes``) after a restart or rebalance."""
+        parts = orjson.loads(key)
+        kind = parts[0]
+        if kind == "w":
+            for src, ts in value["latest"].items():
+                self.watermark.observe(src, ts, None)
+            self.horizon = max(self.horizon, value["horizon"])
+        elif kind == "c":
+            _, wi, start, bi, group = parts
+            self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(value["v"], value["m"])
+        else:
+            _, campaign, sid = parts
+            sessions = [Session(first, last, n, data) for first, last, n, data in value["s"]]
+            self.sessions[(campaign, sid)] = SessionGroup(sessions, value["m"])
