@@ -152,17 +152,20 @@ class PartitionAggregator:
 
     # -- closing ---------------------------------------------------------------
 
-    def advance(self, now: float | None, *, force: int | None = None) -> list[Partial]:
-        """Move the horizon to watermark − lateness and return the partials of windows that closed."""
+    def advance(self, now: float | None, *, force: int | None = None) -> list[Partial] | None:
+        """Move the horizon to watermark − lateness; return the partials of windows that closed.
+
+        None means no window boundary was crossed, so there is nothing to report.
+        """
         wm = self.watermark.current(now)
         target = force if force is not None else (NEVER if wm is None else wm - self.plan.lateness)
         old = self.horizon
         if target <= old:
-            return []
+            return None
         self.horizon = target
         self._dirty.add(("w",))
         if not self._crosses_boundary(old, target):
-            return []
+            return None
         out: list[Partial] = []
         timeout = self.plan.session_timeout
         phases = self.plan.phases

@@ -39,6 +39,8 @@ class LocalPipeline:
 
     def _advance(self, force: int | None) -> list[Snapshot]:
         partials = self.stage1.advance(None, force=force)
+        if partials is None:
+            return []
         self.stage2.receive(0, self.stage1.horizon, partials)
         return self.stage2.finalize()
 

@@ -144,7 +144,7 @@ class LocalBroker:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         cmd = [
-            mvn, "-q", "-B", "-f", str(self._pom), "dependency:copy-dependencies",
+            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(self._pom), "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
         ]
         result = subprocess.run(cmd, capture_output=True, text=True)

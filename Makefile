@@ -1,0 +1,36 @@
+# Developer and CI entry points; `make install` sets the machine up (idempotent).
+
+PYTHON := .venv/bin/python
+PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
+KAFKA_PORT ?= 9092
+
+.PHONY: install test unit kafka-up kafka-down demo clean
+
+install:
+	bash scripts/bootstrap.sh
+
+test: install
+	$(PYTEST)
+
+unit: install
+	$(PYTEST) -m "not integration"
+
+kafka-up: install
+	.venv/bin/kpimon kafka up --port $(KAFKA_PORT)
+
+kafka-down:
+	.venv/bin/kpimon kafka down --port $(KAFKA_PORT)
+
+demo: install
+	.venv/bin/kpimon demo
+
+# Removes broker data dirs (not the jars in .cache/kafka/libs); a running broker's dir is kept.
+clean:
+	@for dir in .cache/kafka/*/; do \
+	  [ -d "$$dir" ] && [ "$$(basename "$$dir")" != libs ] || continue; \
+	  if [ -f "$$dir/broker.pid" ] && kill -0 "$$(cat "$$dir/broker.pid")" 2>/dev/null; then \
+	    echo "kept $$dir: its broker is still running (stop it with make kafka-down)"; \
+	  else \
+	    rm -rf "$$dir" && echo "removed $$dir"; \
+	  fi; \
+	done

@@ -1,0 +1,84 @@
+"""Slack connection settings, read from the environment and secret files only."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+from slack_sdk.web.async_client import AsyncWebClient
+
+from kpi_core.errors import ConfigError
+
+
+class SlackSettings(BaseModel):
+    """Where alerts go. Secrets are ``SecretStr``, so ``repr()`` and logs show ``**********``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bot_token: SecretStr | None = None
+    channel: str | None = None
+    webhook_url: SecretStr | None = None
+    api_url: str = AsyncWebClient.BASE_URL
+
+
+def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
+    """Read ``SLACK_*`` variables; every problem is reported at once as a ``ConfigError``."""
+    problems: list[tuple[str, str]] = []
+    token = _secret(env, "SLACK_BOT_TOKEN", problems)
+    webhook_url = _secret(env, "SLACK_WEBHOOK_URL", problems)
+    channel = _value(env, "SLACK_CHANNEL")
+    api_url = _value(env, "SLACK_API_URL") or AsyncWebClient.BASE_URL
+
+    if token and not channel:
+        problems.append(("SLACK_CHANNEL", "required when SLACK_BOT_TOKEN is set"))
+    if channel and not _given(env, "SLACK_BOT_TOKEN") and not _given(env, "SLACK_WEBHOOK_URL"):
+        problems.append(("SLACK_BOT_TOKEN", "required when SLACK_CHANNEL is set; without it alerts only reach the log"))
+    if webhook_url and not _is_http_url(webhook_url):
+        # The value is a secret: say what is wrong without repeating it.
+        problems.append(("SLACK_WEBHOOK_URL", "expected an http(s) URL such as https://hooks.slack.com/services/..."))
+    if not _is_http_url(api_url):
+        problems.append(("SLACK_API_URL", f"expected an http(s) URL like {AsyncWebClient.BASE_URL}, got {api_url!r}"))
+    if problems:
+        raise ConfigError(problems)
+    return SlackSettings(
+        bot_token=SecretStr(token) if token else None,
+        channel=channel,
+        webhook_url=SecretStr(webhook_url) if webhook_url else None,
+        api_url=api_url if api_url.endswith("/") else api_url + "/",
+    )
+
+
+def _value(env: Mapping[str, str], name: str) -> str | None:
+    """A variable's value; empty counts as unset, as deployment templates often leave it."""
+    return env.get(name, "").strip() or None
+
+
+def _given(env: Mapping[str, str], name: str) -> bool:
+    """Whether a secret was given at all, readable or not (that is reported separately)."""
+    return bool(_value(env, name) or _value(env, f"{name}_FILE"))
+
+
+def _secret(env: Mapping[str, str], name: str, problems: list[tuple[str, str]]) -> str | None:
+    """A secret given directly in ``NAME`` or as a file path in ``NAME_FILE`` (a mounted secret)."""
+    value, path = _value(env, name), _value(env, f"{name}_FILE")
+    if value and path:
+        problems.append((f"{name}_FILE", f"give either {name} or {name}_FILE, not both"))
+        return None
+    if not path:
+        return value
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as err:
+        problems.append((f"{name}_FILE", f"cannot read {path}: {err.strerror or type(err).__name__}"))
+        return None
+    if not value:
+        problems.append((f"{name}_FILE", f"{path} is empty"))
+    return value or None
+
+
+def _is_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)

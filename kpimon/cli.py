@@ -1,0 +1,206 @@
+"""The ``kpimon`` command line: broker, worker, simulator, producer, replay, config check, demo."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from kpi_core import config as config_mod
+from kpi_core.errors import ConfigError, KpimonError
+from kpimon.broker import LocalBroker, bootstrap_servers, kafka_app, project_root
+
+cli = typer.Typer(help="kpimon: streaming marketing KPI monitor.", no_args_is_help=True, add_completion=False)
+cli.add_typer(kafka_app, name="kafka", help="Run a local single-node Kafka broker (KRaft).")
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="kpimon.yaml (default: ./kpimon.yaml if present, else the built-in)")
+
+
+def _bootstrap() -> str:
+    return bootstrap_servers() or "127.0.0.1:9092"
+
+
+def _load(path: Optional[Path]) -> config_mod.Config:
+    if path is None and Path("kpimon.yaml").exists():
+        path = Path("kpimon.yaml")
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        err.print(f"[red]invalid config {path or '(built-in)'}:[/red]")
+        for where, msg in exc.problems:
+            err.print(f"  {where or '<root>'}: {msg}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@cli.command("check-config")
+def check_config(path: Path = typer.Argument(..., help="the kpimon.yaml to check")) -> None:
+    """Validate a config file; print every problem with its field path."""
+    cfg = _load(path)
+    out.print(f"[green]ok[/green]: {len(cfg.enabled_kpis())} KPIs, {len(cfg.measures)} measures, windows {', '.join(w.name for w in cfg.windows)}")
+
+
+@cli.command()
+def topics(config: Optional[Path] = ConfigOpt) -> None:
+    """Create the source, output and internal topics if they are missing."""
+    from kpimon.topics import ensure_topics
+    from streams.settings import WorkerSettings
+
+    created = ensure_topics(_load(config), WorkerSettings.from_env(_env()))
+    out.print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": _bootstrap()}
+
+
+@cli.command()
+def worker(
+    config: Optional[Path] = ConfigOpt,
+    loglevel: str = typer.Option("info", help="debug, info, warning or error"),
+) -> None:
+    """Run a stream worker. Start more to share the partitions (same KPIMON_APP_ID)."""
+    import faust
+
+    from alerts import build_notifier, from_env
+    from kpi_core.plan import Plan
+    from kpimon.topics import ensure_topics
+    from streams.app import Pipeline
+    from streams.metrics import Metrics
+    from streams.settings import WorkerSettings
+
+    cfg = _load(config)
+    env = _env()
+    settings = WorkerSettings.from_env(env)
+    try:
+        slack = from_env(env)
+    except ConfigError as exc:
+        err.print(f"[red]invalid Slack settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+    ensure_topics(cfg, settings)
+    plan = Plan(cfg)
+    pipeline = Pipeline(plan, settings, build_notifier(slack), Metrics(plan))
+    faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True).execute_from_commandline()
+
+
+@cli.command()
+def simulate(
+    campaigns: int = typer.Option(20, help="number of campaigns"),
+    rate: float = typer.Option(20.0, help="impressions per second per campaign"),
+    duration: Optional[float] = typer.Option(None, help="seconds of event time (default: run until Ctrl-C)"),
+    drop: Optional[str] = typer.Option(None, help="campaign whose CTR drops, e.g. camp-003"),
+    drop_factor: float = typer.Option(0.3, help="CTR multiplier after the drop (0.3 = a 70% drop)"),
+    drop_at: float = typer.Option(30.0, help="seconds after the start when the drop begins"),
+    fast: bool = typer.Option(False, help="produce as fast as possible instead of in real time"),
+    seed: int = typer.Option(7, help="random seed"),
+    config: Optional[Path] = ConfigOpt,
+) -> None:
+    """Produce realistic marketing traffic to Kafka, optionally with a CTR drop."""
+    from kpimon.simulator import Anomaly, SimConfig, run
+
+    cfg = _load(config)
+    sim = SimConfig(campaigns=campaigns, rate=rate, seed=seed, ctr_range=(0.04, 0.06))
+    anomalies = [Anomaly(campaign=drop, factor=drop_factor, start_s=drop_at)] if drop else []
+    topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
+    n = run(sim, bootstrap=_bootstrap(), topics=topic_for, duration_s=duration, realtime=not fast, anomalies=anomalies)
+    out.print(f"produced {n} events")
+
+
+@cli.command()
+def produce(file: Path = typer.Argument(..., help="JSONL or CSV of events"), config: Optional[Path] = ConfigOpt) -> None:
+    """Load a file of events into the source topics, keeping event timestamps."""
+    from kpimon.producer import produce_file
+
+    cfg = _load(config)
+    topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
+    counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for)
+    for topic, n in sorted(counts.items()):
+        out.print(f"{topic}: {n}")
+
+
+@cli.command()
+def replay(
+    file: Path = typer.Argument(..., help="JSONL or CSV of events"),
+    config: Optional[Path] = ConfigOpt,
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl or table"),
+) -> None:
+    """Run the KPI computation over a file, without Kafka: closed windows and the alerts they'd fire."""
+    from kpimon.replay import replay_file
+
+    if fmt not in ("jsonl", "table"):
+        err.print("--format must be jsonl or table")
+        raise typer.Exit(2)
+    replay_file(file, _load(config), fmt=fmt, out=out, err=err)
+
+
+@cli.command()
+def demo(
+    duration: float = typer.Option(150.0, help="seconds to run the simulator"),
+    port: int = typer.Option(6066, help="metrics port"),
+) -> None:
+    """Start Kafka, a worker and the simulator with a CTR drop; show the alert. Ctrl-C stops all."""
+    root = project_root()
+    demo_cfg = root / "deploy" / "demo" / "kpimon.yaml"
+    env = dict(os.environ)
+    started_broker = None
+    if bootstrap_servers() is None:
+        started_broker = LocalBroker(root)
+        was_running = started_broker.is_running()
+        out.print("starting the local Kafka broker ...")
+        env["KAFKA_BOOTSTRAP_SERVERS"] = started_broker.up()
+        if was_running:
+            started_broker = None  # not ours to stop
+    env.setdefault("KPIMON_APP_ID", f"kpimon-demo-{int(time.time())}")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        kpimon = [sys.executable, "-m", "kpimon.cli"]
+        out.print(f"starting the worker (config {demo_cfg}) ...")
+        procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(demo_cfg)], env=env))
+        time.sleep(8)
+        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 70% after 30 s ...")
+        procs.append(
+            subprocess.Popen(
+                [*kpimon, "simulate", "--config", str(demo_cfg), "--drop", "camp-003", "--drop-at", "30", "--duration", str(duration)],
+                env=env,
+            )
+        )
+        out.print(f"[bold]metrics:[/bold] http://localhost:{port}/metrics   (alerts print below; Ctrl-C to stop)")
+        procs[-1].wait()
+        out.print("simulation finished; the worker keeps running until Ctrl-C")
+        procs[0].wait()
+    except KeyboardInterrupt:
+        out.print("stopping ...")
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if started_broker is not None:
+            started_broker.down()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
+    try:
+        cli()
+    except KpimonError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Create the topics the pipeline reads and writes (kafka-python admin)."""
+
+from __future__ import annotations
+
+import logging
+
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from kpi_core.config import Config
+from kpi_core.errors import KpimonError
+from streams.settings import WorkerSettings
+
+log = logging.getLogger("kpimon.topics")
+
+
+class TopicError(KpimonError):
+    """A topic exists with a partition count the pipeline can't work with.
+
+    Delete it (or use another KPIMON_APP_ID) so it is created again.
+    """
+
+
+def wanted_topics(config: Config, settings: WorkerSettings) -> dict[str, int]:
+    """Every topic and its partition count."""
+    n = config.topics.partitions
+    names = [*config.topics.sources, config.topics.dead_letters, config.topics.late_events, config.topics.snapshots]
+    topics = {name: n for name in names}
+    topics[settings.events_topic] = n
+    topics[settings.partials_topic] = n
+    return topics
+
+
+def ensure_topics(config: Config, settings: WorkerSettings) -> list[str]:
+    """Create missing topics; return the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap.split(","), client_id="kpimon-admin")
+    try:
+        existing = set(admin.list_topics())
+        wanted = wanted_topics(config, settings)
+        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        if missing:
+            admin.create_topics(missing)
+        internal = [settings.events_topic, settings.partials_topic]
+        for desc in admin.describe_topics([t for t in internal if t in existing]):
+            if len(desc["partitions"]) != wanted[desc["name"]]:
+                raise TopicError(
+                    f"topic {desc['name']} has {len(desc['partitions'])} partitions, "
+                    f"but topics.partitions is {wanted[desc['name']]}"
+                )
+        return [t.name for t in missing]
+    finally:
+        admin.close()

@@ -1,0 +1,286 @@
+"""The Faust application: topics, agents, tables, the close timer and the metrics endpoint.
+
+Three agents, each thin; the rules are in ``kpi_core``:
+
+1. ``route`` reads the source topics in micro-batches, validates each event
+   (bad ones go to the dead-letter topic with a reason) and forwards the valid
+   ones, grouped by its own key (campaign), to ``<app>-events`` — one message per
+   target partition per batch, carrying every source partition's progress.
+2. ``aggregate`` keeps one ``PartitionAggregator`` per ``<app>-events``
+   partition, stores its state in a changelog-backed table, and sends the
+   partials of closed windows to ``<app>-partials``.
+3. ``combine`` adds the partials up per group, publishes snapshots, updates
+   the Prometheus gauges and sends alerts.
+
+Faust's windowed tables are not used: their expiry runs on the wall clock, and
+windows recovered from the changelog never expire. Window assignment and closing
+live in ``kpi_core``; the tables here are plain key/value changelogs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import orjson
+
+from alerts import Notifier
+from kpi_core.aggregate import PartitionAggregator
+from kpi_core.combine import Combiner
+from kpi_core.errors import InvalidEvent
+from kpi_core.events import decode
+from kpi_core.plan import Plan
+from kpi_core.results import Breach, Snapshot
+from kpi_core.targets import breaches
+from streams import web, wire
+from streams.metrics import Metrics
+from streams.settings import WorkerSettings
+
+log = logging.getLogger("kpimon.worker")
+
+
+class KeyPartitionedTable(faust.Table):
+    """A table whose keys start with ``b"<partition>|"``.
+
+    Faust normally takes the changelog partition from the event being processed,
+    so a table can't be written from a timer. Our keys carry their partition, which
+    lets the close timer write state and keeps each partition's state together.
+    """
+
+    def partition_for_key(self, key: Any) -> int | None:
+        return int(key.split(b"|", 1)[0])
+
+
+def partition_of(campaign: str, partitions: int) -> int:
+    """The worker's own grouping key: a stable hash of the campaign."""
+    return zlib.crc32(campaign.encode()) % partitions
+
+
+class Pipeline:
+    """Wires kpi_core's stages to Faust topics and tables."""
+
+    def __init__(self, plan: Plan, settings: WorkerSettings, notifier: Notifier, metrics: Metrics) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.notifier = notifier
+        self.metrics = metrics
+        cfg = plan.config
+        self.partitions = cfg.topics.partitions
+        self.app = faust.App(
+            settings.app_id,
+            broker=";".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),
+            store="memory://",
+            web_enabled=False,
+            datadir=str(settings.data_dir),
+            topic_partitions=self.partitions,
+            topic_replication_factor=1,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=1.0,
+            producer_linger_ms=5,
+            table_standby_replicas=0,
+        )
+        app = self.app
+        self.sources = app.topic(*cfg.topics.sources, value_serializer="raw", key_serializer="raw")
+        self.events_topic = app.topic(
+            settings.events_topic, partitions=self.partitions, internal=True, value_serializer="raw", key_serializer="raw"
+        )
+        self.partials_topic = app.topic(
+            settings.partials_topic, partitions=self.partitions, internal=True, value_serializer="raw", key_serializer="raw"
+        )
+        self.dead_letters = app.topic(cfg.topics.dead_letters, value_serializer="raw", key_serializer="raw")
+        self.late_topic = app.topic(cfg.topics.late_events, value_serializer="raw", key_serializer="raw")
+        self.snapshot_topic = app.topic(cfg.topics.snapshots, value_serializer="raw", key_serializer="raw")
+        self.stage1_table = self._table("stage1")
+        self.stage2_table = self._table("stage2")
+        self.stage1: dict[int, PartitionAggregator] = {}
+        self.stage2: dict[int, Combiner] = {}
+        self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.runner: Any = None
+
+        app.agent(self.sources, name="route")(self._route)
+        app.agent(self.events_topic, name="aggregate")(self._aggregate)
+        app.agent(self.partials_topic, name="combine")(self._combine)
+        app.timer(1.0, name="close-idle-windows")(self._tick)
+        app.task(self._start_web)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    def _table(self, name: str) -> KeyPartitionedTable:
+        table = KeyPartitionedTable(
+            self.app,
+            name=name,
+            partitions=self.partitions,
+            key_type=bytes,  # bytes in and out: we encode with orjson ourselves
+            value_type=bytes,
+            beacon=self.app.tables.beacon,
+        )
+        return self.app.tables.add(table)
+
+    # -- 1. route --------------------------------------------------------------
+
+    async def _route(self, stream: Any) -> None:
+        implied = self.plan.config.topics.sources
+        s = self.settings
+        async for batch in stream.take_events(s.batch_size, within=s.batch_within):
+            buckets: dict[int, list[list[Any]]] = defaultdict(list)
+            watermarks: dict[str, int] = {}
+            counts: dict[str, int] = defaultdict(int)
+            for event in batch:
+                msg = event.message
+                try:
+                    ev = decode(msg.value, implied.get(msg.topic))
+                except InvalidEvent as exc:
+                    await self._dead_letter(msg, exc)
+                    continue
+                source = f"{msg.topic}:{msg.partition}"
+                if ev.ts > watermarks.get(source, -1):
+                    watermarks[source] = ev.ts
+                counts[ev.type] += 1
+                buckets[partition_of(ev.data["campaign"], self.partitions)].append(
+                    [source, msg.offset, ev.type, ev.ts, ev.data]
+                )
+            for etype, n in counts.items():
+                self.metrics.events.labels(etype).inc(n)
+            if not watermarks:
+                continue
+            # Every partition hears every source's progress, so all advance together.
+            for p in range(self.partitions):
+                await self.events_topic.send(value=wire.encode_events(watermarks, buckets.get(p, [])), partition=p)
+
+    async def _dead_letter(self, msg: Any, exc: InvalidEvent) -> None:
+        self.metrics.invalid.labels(exc.reason).inc()
+        headers = [
+            ("kpimon-reason", exc.reason.encode()),
+            ("kpimon-detail", exc.detail.encode("utf-8", "replace")),
+            ("kpimon-source-topic", msg.topic.encode()),
+            ("kpimon-source-partition", str(msg.partition).encode()),
+            ("kpimon-source-offset", str(msg.offset).encode()),
+        ]
+        await self.dead_letters.send(key=msg.key, value=msg.value if msg.value is not None else b"", headers=headers)
+
+    # -- 2. aggregate ----------------------------------------------------------
+
+    def _stage1(self, p: int) -> PartitionAggregator:
+        agg = self.stage1.get(p)
+        if agg is None:
+            agg = self.stage1[p] = PartitionAggregator(self.plan, idle_ms=self.plan.config.idle_timeout)
+            _restore(self.stage1_table, p, agg.load)
+        return agg
+
+    async def _aggregate(self, stream: Any) -> None:
+        async for event in stream.events():
+            p = event.message.partition
+            watermarks, events = wire.decode_events(event.message.value)
+            async with self.locks[p]:
+                agg = self._stage1(p)
+                late = agg.apply(events)
+                now = time.time() * 1000
+                for source, ts in watermarks.items():
+                    agg.observe(source, ts, now)
+                await self._close_stage1(p, agg, now)
+            for src, off, etype, ts, data in late:
+                self.metrics.late.inc()
+                await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
+
+    async def _close_stage1(self, p: int, agg: PartitionAggregator, now: float) -> None:
+        partials = agg.advance(now)
+        if partials is not None:
+            by_target: dict[int, list[Any]] = defaultdict(list)
+            for part in partials:
+                key = (part.breakdown, *part.group)
+                by_target[zlib.crc32(orjson.dumps(key)) % self.partitions].append(part)
+            # Deliver the partials before storing the new horizon: after a crash the
+            # old horizon makes us send them again, and stage 2 drops the repeat.
+            futures = [
+                await self.partials_topic.send(value=wire.encode_partials(p, agg.horizon, by_target.get(i, [])), partition=i)
+                for i in range(self.partitions)
+            ]
+            await asyncio.gather(*futures)
+        _persist(self.stage1_table, p, agg.changes())
+
+    # -- 3. combine ------------------------------------------------------------
+
+    def _stage2(self, p: int) -> Combiner:
+        comb = self.stage2.get(p)
+        if comb is None:
+            comb = self.stage2[p] = Combiner(self.plan, sources=self.partitions)
+            _restore(self.stage2_table, p, comb.load)
+        return comb
+
+    async def _combine(self, stream: Any) -> None:
+        async for event in stream.events():
+            p = event.message.partition
+            source, horizon, partials = wire.decode_partials(event.message.value)
+            comb = self._stage2(p)
+            comb.receive(source, horizon, partials)
+            snapshots = comb.finalize()
+            if snapshots:
+                await self._publish(snapshots)
+            _persist(self.stage2_table, p, comb.changes())
+
+    async def _publish(self, snapshots: list[Snapshot]) -> None:
+        by_group: dict[tuple[str, ...], list[Breach]] = defaultdict(list)
+        for snap in snapshots:
+            await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
+            self.metrics.record_snapshot(snap)
+            for b in breaches(self.plan, snap):
+                by_group[(b.window, str(b.start), *b.dims, *b.group.values())].append(b)
+        for group in by_group.values():
+            try:
+                await self.notifier.send(group)
+                self.metrics.alerts.labels("sent").inc()
+            except Exception as exc:  # noqa: BLE001 - one failed alert must not stop the stream
+                self.metrics.alerts.labels("failed").inc()
+                log.error("alert delivery failed: %s", exc)
+
+    # -- timer, web, rebalance -------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Close windows of partitions whose sources have gone quiet (wall-clock idle timeout)."""
+        if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
+            return
+        now = time.time() * 1000
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != self.settings.events_topic:
+                continue
+            async with self.locks[tp.partition]:
+                await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
+
+    async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
+        # Revoked partitions' state moves with them; reload from the table if they return.
+        for tp in revoked:
+            if tp.topic == self.settings.events_topic:
+                self.stage1.pop(tp.partition, None)
+            elif tp.topic == self.settings.partials_topic:
+                self.stage2.pop(tp.partition, None)
+
+    async def _start_web(self) -> None:
+        port = self.plan.config.metrics_port
+        self.runner = await web.serve(web.make_web_app(self.metrics.registry, self.health), host="0.0.0.0", port=port)
+        log.info("metrics at http://localhost:%d/metrics", port)
+
+    def health(self) -> dict[str, object]:
+        return {"status": "ok", "partitions": sorted(self.stage1), "rebalancing": bool(self.app.rebalancing)}
+
+
+def _restore(table: faust.Table, partition: int, load: Callable[[str, Any], None]) -> None:
+    prefix = f"{partition}|".encode()
+    for key, value in list(table.items()):
+        if key.startswith(prefix):
+            load(key[len(prefix) :].decode(), orjson.loads(value))
+
+
+def _persist(table: faust.Table, partition: int, changes: tuple[dict[str, Any], set[str]]) -> None:
+    upserts, deletes = changes
+    prefix = f"{partition}|"
+    for key, value in upserts.items():
+        table[(prefix + key).encode()] = orjson.dumps(value)
+    for key in deletes:
+        k = (prefix + key).encode()
+        if k in table:
+            del table[k]

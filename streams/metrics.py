@@ -1,0 +1,85 @@
+"""Prometheus exposition: every metric declared once here; agents only call ``record_*``.
+
+KPI gauges are read at scrape time from the last closed window of each group
+(a custom Collector), so a scrape never sees a half-updated window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from kpi_core.plan import Plan
+from kpi_core.results import Snapshot, breakdown_name
+from kpi_core.targets import is_breach
+
+LabelValues = tuple[str, ...]
+
+
+class KpiCollector:
+    """Last closed window's KPI values, measures, targets and breach flags."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.dims = plan.config.dimensions
+        self.values: dict[LabelValues, float] = {}  # (kpi, window, breakdown, *dims)
+        self.targets: dict[LabelValues, float] = {}
+        self.firing: dict[LabelValues, float] = {}
+        self.measures: dict[LabelValues, float] = {}  # (measure, window, breakdown, *dims)
+
+    def update(self, snap: Snapshot) -> None:
+        """Take a closed window's values; a missing KPI removes its series."""
+        group = tuple(snap.group.get(d, "") for d in self.dims)
+        where = (snap.window, breakdown_name(snap.dims), *group)
+        for name, value in snap.measures.items():
+            self.measures[(name, *where)] = value
+        directions = {k.name: k.kpi.direction for k in self.plan.kpis}
+        for kpi, value in snap.kpis.items():
+            labels = (kpi, *where)
+            target_cfg = self.plan.config.targets.get(kpi)
+            target = target_cfg.for_group(snap.group) if target_cfg else None
+            if value is None:
+                self.values.pop(labels, None)
+                self.firing.pop(labels, None)
+            else:
+                self.values[labels] = value
+                if target is not None:
+                    self.firing[labels] = 1.0 if is_breach(value, target, directions[kpi]) else 0.0
+            if target is not None:
+                self.targets[labels] = target
+
+    def collect(self) -> Iterator[Metric]:
+        where = ["window", "breakdown", *self.dims]
+        families = (
+            ("kpimon_kpi_value", "KPI value of the last closed window", "kpi", self.values),
+            ("kpimon_kpi_target", "The KPI's configured target for this group", "kpi", self.targets),
+            ("kpimon_alert_firing", "1 when the last closed window breaches the target", "kpi", self.firing),
+            ("kpimon_measure_value", "Raw windowed numerators and denominators, for correct roll-ups", "measure", self.measures),
+        )
+        for name, doc, first, data in families:
+            family = GaugeMetricFamily(name, doc, labels=[first, *where])
+            for labels, value in list(data.items()):
+                family.add_metric(labels, value)
+            yield family
+
+
+class Metrics:
+    """The worker's metrics, on a registry of its own."""
+
+    def __init__(self, plan: Plan, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter("kpimon_events", "Valid events consumed, by type", ["type"], registry=r)
+        self.invalid = Counter("kpimon_events_invalid", "Events sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.late = Counter("kpimon_events_late", "Events later than the allowed lateness (sent to late-events)", registry=r)
+        self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
+        self.alerts = Counter("kpimon_alerts", "Alert messages, by outcome", ["outcome"], registry=r)
+        self.kpis = KpiCollector(plan)
+        r.register(self.kpis)
+        ProcessCollector(registry=r)
+
+    def record_snapshot(self, snap: Snapshot) -> None:
+        self.kpis.update(snap)
+        self.snapshots.inc()

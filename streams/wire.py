@@ -1,0 +1,32 @@
+"""The internal messages between stages, encoded with orjson.
+
+Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "e": [[source, offset, type, ts, data], ...]}``
+Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": horizon, "p": [[window, start, phase, breakdown, group, vector], ...]}``
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from kpi_core.aggregate import Partial
+
+
+def encode_events(watermarks: dict[str, int], events: list[list[Any]]) -> bytes:
+    return orjson.dumps({"w": watermarks, "e": events})
+
+
+def decode_events(raw: bytes) -> tuple[dict[str, int], list[list[Any]]]:
+    obj = orjson.loads(raw)
+    return obj["w"], obj["e"]
+
+
+def encode_partials(source: int, horizon: int, partials: list[Partial]) -> bytes:
+    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, p.vector] for p in partials]
+    return orjson.dumps({"src": source, "h": horizon, "p": rows})
+
+
+def decode_partials(raw: bytes) -> tuple[int, int, list[Partial]]:
+    obj = orjson.loads(raw)
+    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), v) for w, s, ph, b, g, v in obj["p"]]

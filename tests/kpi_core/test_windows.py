@@ -1,0 +1,123 @@
+"""Window maths and the watermark: pure functions of timestamps (and an injected clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kpi_core.windows import Watermark, window_starts
+
+T = 1_714_564_800_000  # 2024-05-01T12:00:00Z, a multiple of every size below
+M = 60_000
+
+WINDOW_STARTS = [
+    # tumbling 1m: a time inside the first minute
+    (T + 30_000, M, M, [T]),
+    # tumbling 1m: exactly on a boundary belongs to the window starting there
+    (T + M, M, M, [T + M]),
+    # tumbling 1m: the last millisecond of a window
+    (T + M - 1, M, M, [T]),
+    # tumbling 1m at the epoch itself
+    (0, M, M, [0]),
+    # tumbling 1h: historical 2024 time one hour and one ms past T
+    (T + 3_600_001, 3_600_000, 3_600_000, [T + 3_600_000]),
+    # hopping 1m every 30s: two windows, oldest first
+    (T + 45_000, M, 30_000, [T, T + 30_000]),
+    # hopping 1m every 30s on a step boundary: the window ending there is excluded, the one starting there included
+    (T + 30_000, M, 30_000, [T, T + 30_000]),
+    # hopping 1m every 30s, one ms before a boundary
+    (T + 29_999, M, 30_000, [T - 30_000, T]),
+    # hopping 1m every 20s: three windows
+    (T + 5_000, M, 20_000, [T - 40_000, T - 20_000, T]),
+    # hopping 2m every 1m on a boundary
+    (T + 2 * M, 2 * M, M, [T + M, T + 2 * M]),
+]
+
+
+@pytest.mark.parametrize(("ts", "size", "step", "starts"), WINDOW_STARTS)
+def test_window_starts(ts: int, size: int, step: int, starts: list[int]) -> None:
+    got = list(window_starts(ts, size, step))
+    assert got == starts
+    assert all(s <= ts < s + size for s in got)  # every window really contains ts
+
+
+# -- watermark -----------------------------------------------------------------------
+
+
+def test_none_before_any_event() -> None:
+    wm = Watermark(idle_ms=10)
+    assert wm.current(None) is None
+    assert wm.current(1_000.0) is None
+
+
+def test_min_over_active_sources() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("a", 500, now=0.0)
+    wm.observe("b", 300, now=0.0)
+    assert wm.current(5.0) == 300
+    wm.observe("b", 700, now=6.0)
+    assert wm.current(8.0) == 500
+
+
+def test_a_source_never_goes_back_in_event_time() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("a", 500, now=0.0)
+    wm.observe("a", 200, now=1.0)  # an out-of-order event
+    assert wm.latest == {"a": 500}
+    assert wm.current(1.0) == 500
+
+
+def test_idle_source_is_excluded_after_idle_ms() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("slow", 100, now=0.0)
+    wm.observe("fast", 900, now=0.0)
+    wm.observe("fast", 950, now=8.0)
+    # exactly idle_ms after its last report, the slow source still holds the watermark back
+    assert wm.current(10.0) == 100
+    # one ms later it is idle and only the fast source counts
+    assert wm.current(11.0) == 950
+
+
+def test_an_idle_source_that_reports_again_holds_the_watermark_again() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("slow", 100, now=0.0)
+    wm.observe("fast", 900, now=15.0)
+    assert wm.current(15.0) == 900
+    wm.observe("slow", 120, now=16.0)
+    assert wm.current(16.0) == 120
+
+
+def test_all_idle_advances_with_the_wall_clock() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("a", 100, now=0.0)
+    wm.observe("b", 200, now=5.0)
+    # a is idle, b is not yet
+    assert wm.current(15.0) == 200
+    # both idle: b's latest plus how long everything has been quiet beyond idle_ms
+    assert wm.current(20.0) == 205
+    assert wm.current(1_015.0) == 1_200
+
+
+def test_replay_mode_counts_every_source_as_active() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("a", 100, now=None)
+    wm.observe("b", 200, now=None)
+    assert wm.current(None) == 100
+    wm.observe("a", 400, now=None)
+    assert wm.current(None) == 200
+
+
+def test_replay_mode_ignores_wall_clock_idleness() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("a", 100, now=0.0)
+    wm.observe("b", 200, now=1_000_000.0)
+    assert wm.current(None) == 100
+
+
+def test_restored_sources_are_idle_only_from_the_first_clocked_call() -> None:
+    wm = Watermark(idle_ms=10)
+    # as after a restart: latest restored without a wall-clock time
+    wm.observe("a", 100, now=None)
+    wm.observe("b", 200, now=None)
+    assert wm.current(5_000.0) == 100  # both count as just seen
+    assert wm.current(5_010.0) == 100
+    assert wm.current(5_020.0) == 210  # both idle for 10 ms beyond idle_ms
