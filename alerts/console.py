@@ -13,7 +13,7 @@ log = logging.getLogger("kpimon.alerts")
 
 
 class ConsoleNotifier:
-    """Logs each alert at WARNING and writes it to a stream (stdout by default), so a demo shows it."""
+    """Writes each alert to a stream (stdout by default), so a demo shows it, and logs that it did."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -23,10 +23,10 @@ class ConsoleNotifier:
         if not breaches:
             return
         text, _ = render(breaches)
-        log.warning("%s", text)
+        log.info("alert written to the console (%d breaches)", len(breaches))
         # Looked up at send time, so a replaced sys.stdout (pytest's capsys, a redirect) is honoured.
         stream = sys.stdout if self._stream is None else self._stream
-        stream.write(text + "\n")
+        stream.write("\n=== ALERT ===\n" + text + "\n")
         stream.flush()
 
     async def close(self) -> None:

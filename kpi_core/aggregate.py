@@ -101,11 +101,14 @@ class PartitionAggregator:
         for ev in events:
             src, off, etype, ts, data = ev
             is_late = False
-            groups = plan.groups(data)
+            feeds_measures = etype in plan.feeds
+            groups = plan.groups(data) if feeds_measures else ()
             for wi, (size, step) in enumerate(self._windows):
                 for start in window_starts(ts, size, step):
                     if start + size <= horizon:
                         is_late = True
+                        continue
+                    if not feeds_measures:
                         continue
                     window = self.cells.get((wi, start))
                     if window is None:

@@ -19,6 +19,8 @@ class Watermark:
     Each source (one partition of one input topic) reports the largest event time
     it has delivered. The watermark is the minimum over the sources still active,
     so one topic read ahead of another does not make the other's events look late.
+    A source known to exist but without data yet holds the watermark back too, so
+    a topic whose consumption starts a little later is not judged late.
     A source that has been silent for ``idle_ms`` of wall-clock time stops holding
     the watermark back; when every source is silent, event time is assumed to
     advance with the wall clock, so a quiet stream still closes its windows.
@@ -33,10 +35,15 @@ class Watermark:
         self.seen_at: dict[str, float] = {}  # source -> wall-clock ms of its last report
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
-        if ts > self.latest.get(source, -1):
+        """A source reports its largest event time so far; -1 means it has delivered nothing yet.
+
+        Only progress counts as activity: a source that keeps reporting the same
+        time (or nothing at all) goes idle after ``idle_ms``.
+        """
+        if source not in self.latest or ts > self.latest[source]:
             self.latest[source] = ts
-        if now is not None:
-            self.seen_at[source] = now
+            if now is not None:
+                self.seen_at[source] = now
 
     def current(self, now: float | None) -> int | None:
         """The watermark in epoch ms, or None before any event was seen."""

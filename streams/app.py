@@ -126,9 +126,9 @@ class Pipeline:
     async def _route(self, stream: Any) -> None:
         implied = self.plan.config.topics.sources
         s = self.settings
+        progress: dict[str, int] = {}  # source partition -> largest event time routed
         async for batch in stream.take_events(s.batch_size, within=s.batch_within):
             buckets: dict[int, list[list[Any]]] = defaultdict(list)
-            watermarks: dict[str, int] = {}
             counts: dict[str, int] = defaultdict(int)
             for event in batch:
                 msg = event.message
@@ -138,16 +138,22 @@ class Pipeline:
                     await self._dead_letter(msg, exc)
                     continue
                 source = f"{msg.topic}:{msg.partition}"
-                if ev.ts > watermarks.get(source, -1):
-                    watermarks[source] = ev.ts
+                if ev.ts > progress.get(source, -1):
+                    progress[source] = ev.ts
                 counts[ev.type] += 1
                 buckets[partition_of(ev.data["campaign"], self.partitions)].append(
                     [source, msg.offset, ev.type, ev.ts, ev.data]
                 )
             for etype, n in counts.items():
                 self.metrics.events.labels(etype).inc(n)
-            if not watermarks:
-                continue
+            # Every assigned source partition is reported, -1 if it has sent nothing yet,
+            # so a topic read a little later than another doesn't make its events late.
+            watermarks = {
+                f"{tp.topic}:{tp.partition}": progress.get(f"{tp.topic}:{tp.partition}", -1)
+                for tp in self.app.assignor.assigned_actives()
+                if tp.topic in implied
+            }
+            watermarks.update(progress)
             # Every partition hears every source's progress, so all advance together.
             for p in range(self.partitions):
                 await self.events_topic.send(value=wire.encode_events(watermarks, buckets.get(p, [])), partition=p)
@@ -265,7 +271,11 @@ class Pipeline:
         log.info("metrics at http://localhost:%d/metrics", port)
 
     def health(self) -> dict[str, object]:
-        return {"status": "ok", "partitions": sorted(self.stage1), "rebalancing": bool(self.app.rebalancing)}
+        """Liveness plus readiness: ready once state is recovered and partitions are assigned."""
+        assigned = sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.events_topic)
+        recovered = self.app.tables.recovery.completed.is_set()
+        ready = bool(assigned) and recovered and not self.app.rebalancing
+        return {"status": "ok", "ready": ready, "partitions": assigned}
 
 
 def _restore(table: faust.Table, partition: int, load: Callable[[str, Any], None]) -> None:

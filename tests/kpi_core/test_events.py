@@ -128,6 +128,7 @@ def test_parse_ts_exact_milliseconds(value: Any, expected: int) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="BUG: parse_ts computes int(datetime.timestamp() * 1000); float rounding truncates some ISO times 1 ms low",
 )
 @pytest.mark.parametrize(

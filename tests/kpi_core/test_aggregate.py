@@ -1,0 +1,455 @@
+"""Stage 1: window assignment, lateness, offset-mark dedup, sessions and state round trips."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from kpi_core.aggregate import FOREVER, NEVER, Partial, PartitionAggregator, Routed
+from kpi_core.combine import Combiner
+from kpi_core.plan import Plan
+
+from .helpers import MIN, SEC, T, Events, make_plan
+
+Row = tuple[int, int, str, int, tuple[str, ...], tuple[float, ...]]
+
+SESSION_MEASURES: dict[str, Any] = {
+    "clicks": {"event": "click"},
+    "pageviews": {"event": "pageview"},
+    "sessions": {"event": "session"},
+    "bounced": {"event": "session", "where": {"bounced": True}},
+}
+SESSION_KPIS: dict[str, Any] = {
+    "bounce_rate": {"ratio": ["bounced", "sessions"], "direction": "lower"},
+    "pages_per_click": {"ratio": ["pageviews", "clicks"]},
+}
+
+
+def session_plan(**overrides: Any) -> Plan:
+    """Sessions with a 2m timeout, so the sessions phase closes inside a short test stream."""
+    return make_plan(
+        measures=SESSION_MEASURES,
+        kpis=SESSION_KPIS,
+        session_timeout="2m",
+        breakdowns=[["campaign"], []],
+        **overrides,
+    )
+
+
+def rows(partials: list[Partial] | None) -> list[Row]:
+    assert partials is not None
+    return [(p.window, p.start, p.phase, p.breakdown, p.group, tuple(p.vector)) for p in partials]
+
+
+def step(agg: PartitionAggregator, batch: list[Routed]) -> tuple[list[Routed], list[Partial] | None]:
+    """One batch as the live worker handles it in replay mode: apply, observe, advance."""
+    late = agg.apply(batch)
+    for ev in batch:
+        agg.observe(ev[0], ev[3], None)
+    return late, agg.advance(None)
+
+
+def totals(agg: PartitionAggregator, phase: str = "events") -> dict[tuple[int, tuple[str, ...]], list[float]]:
+    """Close everything and return the phase's vectors by (start, group) of breakdown 0."""
+    out = agg.advance(None, force=FOREVER)
+    assert out is not None
+    return {(p.start, p.group): p.vector for p in out if p.phase == phase and p.breakdown == 0}
+
+
+def collect(agg: PartitionAggregator, batches: list[list[Routed]]) -> list[Partial]:
+    """Every partial a stream of batches yields, the final flush included."""
+    out: list[Partial] = []
+    for batch in batches:
+        out += step(agg, batch)[1] or []
+    return out + (agg.advance(None, force=FOREVER) or [])
+
+
+def sessions_by_start(partials: list[Partial]) -> dict[tuple[int, tuple[str, ...]], list[float]]:
+    return {(p.start, p.group): p.vector for p in partials if p.phase == "sessions" and p.breakdown == 0}
+
+
+# -- windows and lateness ------------------------------------------------------------------
+
+
+def test_events_land_in_their_windows() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    late = agg.apply(
+        [
+            e.click(T, cost=0.5),  # exactly on the first boundary
+            e.impression(T + MIN - 1),  # last ms of the first window
+            e.click(T + MIN, cost=2.0),  # first ms of the second window
+            e.impression(T + MIN + 1, campaign="brand"),
+        ]
+    )
+    assert late == []
+    assert totals(agg) == {
+        (T, ("spring",)): [1.0, 1.0, 0.5, 0.0],
+        (T + MIN, ("spring",)): [0.0, 1.0, 2.0, 0.0],
+        (T + MIN, ("brand",)): [1.0, 0.0, 0.0, 0.0],
+    }
+
+
+def test_hopping_windows_count_an_event_in_each_window_that_contains_it() -> None:
+    plan = make_plan(windows=[{"size": "1m", "step": "30s"}], breakdowns=[[]])
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    agg.apply([e.click(T + 45 * SEC), e.click(T + 75 * SEC)])
+    out = agg.advance(None, force=FOREVER)
+    assert [(r[1], r[5][1]) for r in rows(out)] == [(T, 1.0), (T + 30 * SEC, 2.0), (T + 60 * SEC, 1.0)]
+
+
+def test_horizon_is_watermark_minus_lateness_and_closes_windows_at_their_end() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    assert agg.horizon == NEVER
+    late, out = step(agg, [e.click(T + 15 * SEC)])
+    assert (late, rows(out)) == ([], [])
+    assert agg.horizon == T + 5 * SEC
+    # watermark T+69.999s: horizon T+59.999s, one ms short of the first window's end
+    late, out = step(agg, [e.click(T + 69_999)])
+    assert out is None  # no window boundary crossed
+    assert agg.horizon == T + 59_999
+    # watermark T+70s: horizon reaches T+60s and the first window closes
+    late, out = step(agg, [e.impression(T + 70 * SEC)])
+    assert rows(out) == [
+        (0, T, "events", 0, ("spring",), (0.0, 1.0, 1.0, 0.0)),
+        (0, T, "events", 1, (), (0.0, 1.0, 1.0, 0.0)),
+    ]
+
+
+def test_late_events_are_returned_and_not_counted() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    step(agg, [e.click(T + 5 * SEC), e.click(T + 70 * SEC)])  # horizon T+60s: first window closed
+    too_late = [e.click(T + 59_999), e.impression(T + 1 * SEC, campaign="brand")]
+    in_time = e.click(T + 60 * SEC, cost=3.0)  # first ms of the open window
+    late = agg.apply([too_late[0], in_time, too_late[1]])
+    assert late == too_late
+    assert totals(agg) == {(T + MIN, ("spring",)): [0.0, 2.0, 4.0, 0.0]}
+
+
+def test_out_of_order_events_within_lateness_count_in_their_own_window() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    late = []
+    for ev in [
+        e.click(T + 55 * SEC),
+        e.click(T + 65 * SEC),  # horizon T+55s: the first window is still open
+        e.click(T + 50 * SEC, cost=2.0),  # 15 s out of order, but its window has not closed
+        e.click(T + 69 * SEC),
+        e.click(T + 59 * SEC, cost=4.0),  # 10 s out of order: still the first window
+    ]:
+        late += step(agg, [ev])[0]
+    assert late == []
+    assert totals(agg) == {
+        (T, ("spring",)): [0.0, 3.0, 7.0, 0.0],
+        (T + MIN, ("spring",)): [0.0, 2.0, 2.0, 0.0],
+    }
+
+
+def test_historical_timestamps_give_historical_windows() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    # 2024-02-29T23:59:59.999Z and the next millisecond, 2024-03-01T00:00:00Z
+    leap = 1_709_251_200_000
+    agg.apply([e.click(leap - 1), e.click(leap)])
+    assert sorted(totals(agg)) == [(leap - MIN, ("spring",)), (leap, ("spring",))]
+
+
+# -- exactly-once dedup ----------------------------------------------------------------------
+
+
+def test_the_same_events_applied_twice_count_once() -> None:
+    plan = make_plan()
+    e = Events()
+    batch = [e.click(T + 1_000, cost=0.5), e.impression(T + 2_000), e.click(T + MIN, cost=1.0)]
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    assert agg.apply(batch) == []
+    assert agg.apply(batch) == []
+    assert agg.apply(batch[1:]) == []
+    assert totals(agg) == {
+        (T, ("spring",)): [1.0, 1.0, 0.5, 0.0],
+        (T + MIN, ("spring",)): [0.0, 1.0, 1.0, 0.0],
+    }
+
+
+def test_the_same_offset_from_another_source_is_a_different_event() -> None:
+    plan = make_plan()
+    a, b = Events("clicks:0"), Events("clicks:1")
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    agg.apply([a.click(T + 1_000), b.click(T + 2_000)])  # both offset 0
+    assert totals(agg) == {(T, ("spring",)): [0.0, 2.0, 2.0, 0.0]}
+
+
+def test_a_replayed_page_view_does_not_grow_its_session() -> None:
+    plan = session_plan()
+    e = Events()
+    pv = e.pageview(T + 1_000, "s1")
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    agg.apply([pv])
+    agg.apply([pv])
+    assert totals(agg, phase="sessions") == {(T, ("spring",)): [0.0, 1.0, 1.0, 1.0]}  # one bounced session
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+def test_sessions_phase_closes_session_timeout_after_the_window() -> None:
+    plan = session_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    step(agg, [e.pageview(T + 1_000, "a"), e.pageview(T + 2_000, "b"), e.pageview(T + 50_000, "b")])
+    # the first window's events phase closes when the horizon passes T+1m
+    late, out = step(agg, [e.click(T + 71 * SEC)])
+    assert [(r[1], r[2], r[3]) for r in rows(out)] == [(T, "events", 0), (T, "events", 1)]
+    # its sessions phase only when the horizon passes T+1m+2m
+    late, out = step(agg, [e.click(T + 3 * MIN + 9_999)])
+    assert [r[2] for r in rows(out) if r[1] == T] == []
+    late, out = step(agg, [e.click(T + 3 * MIN + 10 * SEC)])
+    assert [r for r in rows(out) if r[1] == T and r[2] == "sessions"] == [
+        # a bounced, b not bounced (two page views)
+        (0, T, "sessions", 0, ("spring",), (0.0, 3.0, 2.0, 1.0)),
+        (0, T, "sessions", 1, (), (0.0, 3.0, 2.0, 1.0)),
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: _track_session ignores page views with ts <= horizon although their window is still open; "
+    "such a page view is neither counted in its session nor returned as late",
+)
+def test_a_page_view_that_is_not_late_is_counted_in_a_session() -> None:
+    plan = session_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    step(agg, [e.click(T + 30 * SEC)])  # horizon T+20s; the window [T, T+1m) is open
+    late, _ = step(agg, [e.pageview(T + 15 * SEC, "s1")])
+    assert late == []  # it was accepted ...
+    by_phase = agg.advance(None, force=FOREVER)
+    sessions = {(p.start, p.group): p.vector for p in by_phase or [] if p.phase == "sessions" and p.breakdown == 0}
+    assert sessions == {(T, ("spring",)): [1.0, 1.0, 1.0, 1.0]}  # ... so its session must count
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: _track_session adds an out-of-order page view to the first session it fits but never merges "
+    "sessions it now bridges, so one session is counted as two (and as a bounce)",
+)
+def test_an_out_of_order_page_view_bridging_two_sessions_merges_them() -> None:
+    plan = session_plan()  # 2m timeout
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    out = collect(
+        agg,
+        [
+            [e.pageview(T, "s1")],
+            [e.pageview(T + 2 * MIN + 5 * SEC, "s1")],  # 2m5s later: a new session so far
+            [e.pageview(T + 2 * MIN - 1 * SEC, "s1")],  # 6 s out of order, within lateness: bridges both
+        ],
+    )
+    # one session of three page views, starting in the first window, not a bounce
+    assert {k: v[2:] for k, v in sessions_by_start(out).items() if v[2]} == {(T, ("spring",)): [1.0, 0.0]}
+
+
+def test_a_page_view_after_the_timeout_starts_a_new_session() -> None:
+    plan = session_plan()  # 2m timeout
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    out = collect(agg, [[e.pageview(T, "s1")], [e.pageview(T + 2 * MIN, "s1")], [e.pageview(T + 4 * MIN + 1, "s1")]])
+    # T and T+2m are within the timeout (inclusive); T+4m+1ms is 1 ms beyond it
+    assert {k: v[2:] for k, v in sessions_by_start(out).items() if v[2]} == {
+        (T, ("spring",)): [1.0, 0.0],
+        (T + 4 * MIN, ("spring",)): [1.0, 1.0],
+    }
+
+
+# -- state round trip and crash recovery ------------------------------------------------------
+
+
+def stream() -> list[list[Routed]]:
+    """Batches over about eight minutes: clicks, page views and sessions, slightly out of order."""
+    e = Events("page-views:0")
+    c = Events("ad-clicks:0")
+    return [
+        [e.pageview(T + 1_000, "a"), c.click(T + 2_000, cost=0.5), e.pageview(T + 3_000, "b")],
+        [e.pageview(T + 40_000, "b"), c.click(T + 35_000, cost=1.0, campaign="brand")],
+        [c.click(T + 65_000), e.pageview(T + 61_000, "c", campaign="brand")],
+        [e.pageview(T + 80_000, "a"), c.click(T + 125_000, cost=2.0)],
+        [e.pageview(T + 130_000, "d"), c.click(T + 181_000)],
+        [e.pageview(T + 240_000, "c", campaign="brand"), c.click(T + 245_000)],
+        [e.pageview(T + 300_000, "e"), c.click(T + 360_000, campaign="brand")],
+        [e.pageview(T + 420_000, "e"), c.click(T + 480_000)],
+    ]
+
+
+class Store:
+    """A changelog-backed key/value table: values are serialized, as they would be on Kafka."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def persist(self, changes: tuple[dict[str, Any], set[str]]) -> None:
+        upserts, deleted = changes
+        for key in deleted:
+            self.data.pop(key, None)
+        self.data.update({k: orjson.dumps(v) for k, v in upserts.items()})
+
+    def restore(self, agg: PartitionAggregator) -> None:
+        for key, value in self.data.items():
+            agg.load(key, orjson.loads(value))
+
+
+def run_stage1(plan: Plan, batches: list[list[Routed]], agg: PartitionAggregator, store: Store | None = None) -> list[Row]:
+    out: list[Row] = []
+    for batch in batches:
+        late, partials = step(agg, batch)
+        assert late == []
+        if partials is not None:
+            out += rows(partials)
+        if store is not None:
+            store.persist(agg.changes())
+    return out
+
+
+def reference(plan: Plan) -> list[Row]:
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    out = run_stage1(plan, stream(), agg)
+    return out + rows(agg.advance(None, force=FOREVER))
+
+
+def test_uninterrupted_stream_yields_both_phases() -> None:
+    out = reference(session_plan())
+    # measures: clicks, pageviews, sessions, bounced
+    assert {r[2:5]: r[5] for r in out if r[1] == T} == {
+        ("events", 0, ("spring",)): (1.0, 3.0, 0.0, 0.0),
+        ("events", 0, ("brand",)): (1.0, 0.0, 0.0, 0.0),
+        ("events", 1, ()): (2.0, 3.0, 0.0, 0.0),
+        # a: +1s and +80s, b: +3s and +40s: two sessions, neither bounced
+        ("sessions", 0, ("spring",)): (1.0, 3.0, 2.0, 0.0),
+        ("sessions", 0, ("brand",)): (1.0, 0.0, 0.0, 0.0),
+        ("sessions", 1, ()): (2.0, 3.0, 2.0, 0.0),
+    }
+    # brand's c at +61s and +240s are 179 s apart, beyond the 2m timeout: two bounced sessions
+    assert {r[1]: r[5][2:] for r in out if r[2:5] == ("sessions", 0, ("brand",)) and r[5][2]} == {
+        T + MIN: (1.0, 1.0),
+        T + 4 * MIN: (1.0, 1.0),
+    }
+
+
+CRASHES = [
+    # (batches whose state was persisted, batches whose input offsets were committed)
+    (1, 1),  # crash right after the first batch, nothing replayed twice
+    (3, 3),  # crash after a window closed
+    (3, 1),  # two already-absorbed batches are replayed
+    (5, 4),  # after the first sessions phase closed; one batch replayed
+    (5, 0),  # the whole stream replayed from the start
+    (8, 6),  # crash at the very end, before the final flush
+]
+
+
+@pytest.mark.parametrize(("persisted", "committed"), CRASHES)
+def test_restored_state_continues_exactly_like_an_uninterrupted_run(persisted: int, committed: int) -> None:
+    plan = session_plan()
+    batches = stream()
+    store = Store()
+    before = PartitionAggregator(plan, idle_ms=10_000)
+    out = run_stage1(plan, batches[:persisted], before, store)
+    if persisted < len(batches):
+        before.apply(batches[persisted])  # absorbed in memory, then the process dies
+    after = PartitionAggregator(plan, idle_ms=10_000)
+    store.restore(after)
+    for batch in batches[committed:persisted]:
+        after.apply(batch)  # already absorbed: every cell's marks skip it
+        for ev in batch:
+            after.observe(ev[0], ev[3], None)
+        assert after.advance(None) is None
+        upserts, _ = after.changes()
+        assert [k for k in upserts if not k.startswith('["w"')] == []
+    out += run_stage1(plan, batches[persisted:], after, store)
+    out += rows(after.advance(None, force=FOREVER))
+    # the order of groups within one close follows dict order, which a restore may change
+    assert sorted(out) == sorted(reference(plan))
+
+
+def test_changes_round_trip_into_a_fresh_aggregator_gives_the_same_snapshots() -> None:
+    plan = session_plan()
+    batches = stream()
+    store = Store()
+    first = PartitionAggregator(plan, idle_ms=10_000)
+    partials: list[Partial] = []
+    for batch in batches[:4]:
+        partials += step(first, batch)[1] or []
+        store.persist(first.changes())
+    second = PartitionAggregator(plan, idle_ms=10_000)
+    store.restore(second)
+    for batch in batches[4:]:
+        partials += step(second, batch)[1] or []
+    partials += second.advance(None, force=FOREVER) or []
+    combiner = Combiner(plan, sources=1)
+    combiner.receive(0, FOREVER, partials)
+    restored = combiner.finalize()
+
+    plain = PartitionAggregator(plan, idle_ms=10_000)
+    partials = []
+    for batch in batches:
+        partials += step(plain, batch)[1] or []
+    partials += plain.advance(None, force=FOREVER) or []
+    combiner = Combiner(plan, sources=1)
+    combiner.receive(0, FOREVER, partials)
+    assert restored == combiner.finalize()
+    assert len(restored) > 10
+
+
+def test_closed_windows_are_deleted_from_the_store() -> None:
+    plan = make_plan()
+    e = Events()
+    store = Store()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    step(agg, [e.click(T + 1_000)])
+    store.persist(agg.changes())
+    assert sorted(store.data) == [f'["c",0,{T},0,["spring"]]', f'["c",0,{T},1,[]]', '["w"]']
+    step(agg, [e.click(T + 75_000)])
+    store.persist(agg.changes())
+    assert sorted(store.data) == [f'["c",0,{T + MIN},0,["spring"]]', f'["c",0,{T + MIN},1,[]]', '["w"]']
+    assert orjson.loads(store.data['["w"]']) == {"latest": {"p0": T + 75_000}, "horizon": T + 65_000}
+    assert orjson.loads(store.data[f'["c",0,{T + MIN},1,[]]']) == {"v": [0.0, 1.0, 1.0, 0.0], "m": {"p0": 1}}
+
+
+def test_changes_are_empty_when_nothing_changed() -> None:
+    plan = make_plan()
+    e = Events()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    step(agg, [e.click(T + 1_000)])
+    agg.changes()
+    assert agg.changes() == ({}, set())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="BUG: after a restore, replayed events that were already counted in a window closed before the crash "
+    "are returned by apply as late (the cell and its marks were deleted), so they reach the late-events topic",
+)
+def test_replayed_events_of_windows_closed_before_the_crash_are_not_reported_late() -> None:
+    plan = make_plan()
+    e = Events()
+    batches = [[e.click(T + 1_000)], [e.click(T + 75_000)]]
+    store = Store()
+    agg = PartitionAggregator(plan, idle_ms=10_000)
+    for batch in batches:
+        step(agg, batch)
+        store.persist(agg.changes())
+    restored = PartitionAggregator(plan, idle_ms=10_000)
+    store.restore(restored)
+    # input offsets were committed before the first batch: both batches come again
+    assert restored.apply(batches[0]) == []
