@@ -109,6 +109,7 @@ class Target(_Model):
 
     value: float | None = None
     overrides: dict[str, dict[str, float]] = {}  # dimension -> pattern -> value
+    min_denominator: float = 0.0  # below this volume a window never breaches: 1 click in 3 impressions says nothing
 
     @field_validator("value", mode="before")
     @classmethod

@@ -24,6 +24,8 @@ def breaches(plan: Plan, snapshot: Snapshot) -> list[Breach]:
         if target is None or not is_breach(value, target, k.kpi.direction):
             continue
         num_name, den_name = k.kpi.ratio
+        if snapshot.measures[den_name] < target_cfg.min_denominator:
+            continue
         out.append(
             Breach(
                 kpi=k.name,

@@ -89,7 +89,8 @@ def worker(
     ensure_topics(cfg, settings)
     plan = Plan(cfg)
     pipeline = Pipeline(plan, settings, build_notifier(slack), Metrics(plan))
-    faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True).execute_from_commandline()
+    # Without redirect_stdouts=False, Faust re-logs the console alerts as WARNING lines.
+    faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 @cli.command()
@@ -166,10 +167,11 @@ def demo(
         out.print(f"starting the worker (config {demo_cfg}) ...")
         procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(demo_cfg)], env=env))
         time.sleep(8)
-        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 70% after 30 s ...")
+        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 85% after 30 s ...")
+        sim = ["simulate", "--config", str(demo_cfg), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15"]
         procs.append(
             subprocess.Popen(
-                [*kpimon, "simulate", "--config", str(demo_cfg), "--drop", "camp-003", "--drop-at", "30", "--duration", str(duration)],
+                [*kpimon, *sim, "--drop-at", "30", "--duration", str(duration)],
                 env=env,
             )
         )

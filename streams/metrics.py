@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot, breakdown_name
-from kpi_core.targets import is_breach
+from kpi_core.targets import breaches
 
 LabelValues = tuple[str, ...]
 
@@ -35,7 +35,7 @@ class KpiCollector:
         where = (snap.window, breakdown_name(snap.dims), *group)
         for name, value in snap.measures.items():
             self.measures[(name, *where)] = value
-        directions = {k.name: k.kpi.direction for k in self.plan.kpis}
+        firing = {b.kpi for b in breaches(self.plan, snap)}
         for kpi, value in snap.kpis.items():
             labels = (kpi, *where)
             target_cfg = self.plan.config.targets.get(kpi)
@@ -46,7 +46,7 @@ class KpiCollector:
             else:
                 self.values[labels] = value
                 if target is not None:
-                    self.firing[labels] = 1.0 if is_breach(value, target, directions[kpi]) else 0.0
+                    self.firing[labels] = 1.0 if kpi in firing else 0.0
             if target is not None:
                 self.targets[labels] = target
 
