@@ -39,7 +39,7 @@ class Partial:
     phase: str
     breakdown: int  # index into config.breakdowns
     group: tuple[str, ...]
-    vector: list[float]
+    vector: list[Any]  # see Plan: floats, and sketches for distinct counts
 
 
 class Cell:
@@ -58,9 +58,8 @@ class Session:
 
     def record(self) -> dict[str, Any]:
         """The virtual ``session`` event measures see (see docs/events.md)."""
-        d = self.data
-        out = {k: v for k, v in d.items() if isinstance(v, str)}
-        out.update(bounced=self.n == 1, pageviews=self.n)
+        out = {k: v for k, v in self.data.items() if isinstance(v, (str, bool))}
+        out.update(bounced=self.n == 1, pageviews=self.n, duration_s=(self.last - self.first) / 1000)
         return out
 
 
@@ -116,7 +115,7 @@ class PartitionAggregator:
                     for g in groups:
                         cell = window.get(g)
                         if cell is None:
-                            cell = window[g] = Cell([0.0] * plan.size, {})
+                            cell = window[g] = Cell(plan.new_vector(), {})
                         elif cell.m.get(src, -1) >= off:
                             continue  # absorbed before a crash; the restored state has it
                         if plan.add(cell.v, etype, data):
@@ -217,11 +216,12 @@ class PartitionAggregator:
                     for g in plan.groups(record):
                         cell = window.get(g)
                         if cell is None:
-                            cell = window[g] = Cell([0.0] * plan.size, {})
+                            cell = window[g] = Cell(plan.new_vector(), {})
                         plan.add(cell.v, "session", record)
 
     def _emit(self, wi: int, start: int, phase: str) -> list[Partial]:
-        return [Partial(wi, start, phase, g[0], g[1], list(c.v)) for g, c in self.cells.get((wi, start), {}).items()]
+        copy = self.plan.copy
+        return [Partial(wi, start, phase, g[0], g[1], copy(c.v)) for g, c in self.cells.get((wi, start), {}).items()]
 
     def _expire_sessions(self) -> None:
         timeout, horizon = self.plan.session_timeout, self.horizon
@@ -259,7 +259,7 @@ class PartitionAggregator:
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
-            return {"v": cell.v, "m": cell.m}
+            return {"v": self.plan.encode(cell.v), "m": cell.m}
         _, campaign, sid = parts
         g = self.sessions[(campaign, sid)]
         return {"s": [[s.first, s.last, s.n, s.data] for s in g.sessions], "m": g.m}
@@ -274,7 +274,7 @@ class PartitionAggregator:
             self.horizon = max(self.horizon, value["horizon"])
         elif kind == "c":
             _, wi, start, bi, group = parts
-            self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(value["v"], value["m"])
+            self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
         else:
             _, campaign, sid = parts
             sessions = [Session(first, last, n, data) for first, last, n, data in value["s"]]

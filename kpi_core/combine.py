@@ -34,6 +34,7 @@ class Combiner:
         self.n_sources = sources
         self.horizons: dict[int, int] = {}
         self.pending: dict[tuple[int, int, str], PendingWindow] = {}
+        self.last: dict[tuple[int, str, int, tuple[str, ...]], tuple[int, dict[str, float]]] = {}
         self._dirty: set[tuple[Any, ...]] = set()
         self._deleted: set[tuple[Any, ...]] = set()
 
@@ -51,10 +52,9 @@ class Combiner:
             g = (p.breakdown, p.group)
             acc = pending.groups.get(g)
             if acc is None:
-                pending.groups[g] = list(p.vector)
+                pending.groups[g] = self.plan.copy(p.vector)
             else:
-                for i, x in enumerate(p.vector):
-                    acc[i] += x
+                self.plan.merge(acc, p.vector)
         for wkey in merged_now:
             self.pending[wkey].sources.add(source)
             self._dirty.add(("p", *wkey))
@@ -77,21 +77,34 @@ class Combiner:
                 continue
             for (bi, group), vector in sorted(self.pending.pop(wkey).groups.items()):
                 dims = plan.breakdowns[bi]
-                out.append(
-                    Snapshot(
-                        window=window.name,
-                        start=start,
-                        end=end,
-                        dims=dims,
-                        group=dict(zip(dims, group)),
-                        phase=phase,
-                        measures=plan.measures(vector, phase),
-                        kpis=plan.kpi_values(vector, phase),
-                    )
+                measures = plan.measures(vector, phase)
+                previous = self._previous(wi, phase, bi, group, start, measures)
+                snap = Snapshot(
+                    window=window.name,
+                    start=start,
+                    end=end,
+                    dims=dims,
+                    group=dict(zip(dims, group)),
+                    phase=phase,
+                    measures=measures,
+                    kpis=plan.kpi_values(measures, phase, previous),
+                    previous=previous,
                 )
+                out.append(snap)
             self._dirty.discard(("p", *wkey))
             self._deleted.add(("p", *wkey))
         return out
+
+    def _previous(self, wi: int, phase: str, bi: int, group: tuple[str, ...], start: int, measures: dict[str, float]) -> dict[str, float] | None:
+        """The group's measures in the window just before this one (for change KPIs), and remember this one."""
+        if not self.plan.has_change:
+            return None
+        key = (wi, phase, bi, group)
+        last = self.last.get(key)
+        self.last[key] = (start, measures)
+        self._dirty.add(("l", *key))
+        step = self.plan.windows[wi].step or 0
+        return last[1] if last is not None and last[0] == start - step else None
 
     # -- persistence -----------------------------------------------------------
 
@@ -105,8 +118,12 @@ class Combiner:
     def _value(self, key: tuple[Any, ...]) -> Any:
         if key[0] == "h":
             return {str(s): h for s, h in self.horizons.items()}
+        if key[0] == "l":
+            start, measures = self.last[key[1:]]
+            return {"start": start, "measures": measures}
         pending = self.pending[key[1:]]
-        return {"sources": sorted(pending.sources), "groups": [[bi, list(g), v] for (bi, g), v in pending.groups.items()]}
+        enc = self.plan.encode
+        return {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
 
     def load(self, key: str, value: Any) -> None:
         """Restore one stored entry (from ``changes``)."""
@@ -114,7 +131,10 @@ class Combiner:
         if parts[0] == "h":
             for s, h in value.items():
                 self.horizons[int(s)] = max(h, self.horizons.get(int(s), NEVER))
+        elif parts[0] == "l":
+            _, wi, phase, bi, group = parts
+            self.last[(wi, phase, bi, tuple(group))] = (value["start"], value["measures"])
         else:
             _, wi, start, phase = parts
-            groups = {(bi, tuple(g)): v for bi, g, v in value["groups"]}
+            groups = {(bi, tuple(g)): self.plan.decode(v) for bi, g, v in value["groups"]}
             self.pending[(wi, start, phase)] = PendingWindow(set(value["sources"]), groups)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpi_core.errors import ConfigError
-from kpi_core.events import ALWAYS_PRESENT, EVENT_TYPES, SESSION_FIELDS, TYPE_FIELDS
+from kpi_core.events import ALWAYS_PRESENT, EVENT_TYPES, OPTIONAL_FIELDS, SESSION_FIELDS, TYPE_FIELDS
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -69,7 +69,7 @@ class Filter(_Model):
     """A condition on one attribute: ``eq``, ``in`` or ``prefix``."""
 
     eq: str | bool | int | None = None
-    in_: list[str] | None = Field(default=None, alias="in")
+    in_: list[str | bool | int] | None = Field(default=None, alias="in")
     prefix: str | None = None
 
     @model_validator(mode="after")
@@ -80,11 +80,28 @@ class Filter(_Model):
 
 
 class Measure(_Model):
-    """A windowed aggregate over one event type: a count, or the sum of a numeric field."""
+    """A windowed aggregate: over one event type a count, the sum of a numeric field or an
+    approximate distinct count of a field, with optional filters; or the sum of other measures."""
 
-    event: str
+    event: str | None = None
     sum: str | None = None
+    distinct: str | None = None
+    add: list[str] | None = None  # e.g. cost = click_cost + spend
     where: dict[str, Filter] = {}
+
+    @model_validator(mode="after")
+    def _kind(self) -> Measure:
+        if self.add is not None:
+            if self.event or self.sum or self.distinct or self.where:
+                raise ValueError("a measure with add: takes no event, sum, distinct or where")
+        elif self.event is None:
+            raise ValueError("give event: (a count, sum or distinct over one event type) or add: [measures]")
+        elif self.sum and self.distinct:
+            raise ValueError("give at most one of sum, distinct")
+        return self
+
+    def refs(self) -> list[str]:
+        return list(self.add or [])
 
     @field_validator("where", mode="before")
     @classmethod
@@ -96,12 +113,52 @@ class Measure(_Model):
 
 
 class Kpi(_Model):
-    """A KPI: ``ratio: [numerator, denominator]`` of two measures."""
+    """A KPI over measures, of one of four kinds:
 
-    ratio: tuple[str, str]
-    direction: Literal["higher", "lower"] = "higher"
+    - ``ratio: [a, b]``: a / b (CTR, CPC, conversion rates);
+    - ``difference: [a, b], over: c``: (a − b) / c (ROI, NPS, profit per acquisition);
+    - ``change: a``: (a − a of the previous window) / a of the previous window (sales growth);
+    - ``measure: a``: the measure itself (revenue, sessions).
+
+    ``scale`` multiplies the result (CPM is cost / impressions × 1000).
+    """
+
+    ratio: tuple[str, str] | None = None
+    difference: tuple[str, str] | None = None
+    over: str | None = None
+    change: str | None = None
+    measure: str | None = None
+    scale: float = 1.0
+    direction: Literal["higher", "lower", "context"] = "higher"
     unit: Literal["ratio", "percent", "currency", "seconds", "count"] = "ratio"
+    format: str | None = None  # a Python format spec such as ".1%"; default by unit
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _kind(self) -> Kpi:
+        kinds = [k for k in ("ratio", "difference", "change", "measure") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of ratio, difference (with over), change, measure")
+        if (self.difference is None) != (self.over is None):
+            raise ValueError("difference: [a, b] goes with over: c")
+        if self.format is not None:
+            try:
+                format(0.5, self.format)
+            except ValueError:
+                raise ValueError(f"format {self.format!r} is not a Python format spec such as '.2%'") from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("ratio", "difference", "change", "measure") if getattr(self, k) is not None)
+
+    def refs(self) -> list[str]:
+        """The measures this KPI reads, numerator side first."""
+        if self.ratio:
+            return list(self.ratio)
+        if self.difference:
+            return [*self.difference, str(self.over)]
+        return [str(self.change or self.measure)]
 
 
 class Target(_Model):
@@ -162,10 +219,15 @@ class Topics(_Model):
     partitions: int = Field(default=4, ge=1, le=1024)
 
 
+#: Extra string attributes trackers commonly send; filters and breakdowns may use these.
+DEFAULT_ATTRIBUTES = ["device", "country", "region", "landing_page", "browser", "os", "utm_source", "utm_medium", "utm_campaign"]
+
+
 class Config(_Model):
     """The whole of ``kpimon.yaml``."""
 
     windows: list[Window] = [Window(size=60_000)]
+    attributes: list[str] = DEFAULT_ATTRIBUTES  # extra event attributes that filters and breakdowns may name
     allowed_lateness: int = 10_000
     session_timeout: int = 1_800_000
     idle_timeout: int = 10_000
@@ -185,20 +247,38 @@ class Config(_Model):
     def _cross_check(self) -> Config:
         problems: list[tuple[str, str]] = []
         known_fields = _fields_by_type()
+        extras = set(self.attributes)
         for name, m in self.measures.items():
             path = f"measures.{name}"
+            for i, ref in enumerate(m.refs()):
+                if ref not in self.measures or self.measures[ref].add is not None:
+                    problems.append((f"{path}.add[{i}]", f"unknown measure {ref!r}; add: sums measures over events, expected one of {', '.join(sorted(n for n, x in self.measures.items() if x.add is None))}"))
+            if m.event is None:
+                continue
             if m.event not in known_fields:
                 problems.append((f"{path}.event", f"unknown event type {m.event!r}; expected one of {', '.join(known_fields)}"))
                 continue
             if m.sum is not None and m.sum not in _numeric_fields(m.event):
-                problems.append((f"{path}.sum", f"{m.event} events have no numeric field {m.sum!r}"))
+                problems.append((f"{path}.sum", f"{m.event} events have no numeric field {m.sum!r}; expected one of {', '.join(sorted(_numeric_fields(m.event))) or 'none'}"))
+            carried = known_fields[m.event] | extras
+            if m.distinct is not None and m.distinct not in carried:
+                problems.append((f"{path}.distinct", f"{m.event} events carry no attribute {m.distinct!r}"))
             for attr in m.where:
-                if not any(attr in fields or fields is None for fields in known_fields.values()):
-                    problems.append((f"{path}.where.{attr}", f"no event type carries the attribute {attr!r}"))
+                if attr not in carried:
+                    problems.append((f"{path}.where.{attr}", f"no {m.event} event carries the attribute {attr!r}; expected a field of {m.event} events or one of attributes: {', '.join(self.attributes)}"))
         for name, k in self.kpis.items():
-            for i, ref in enumerate(k.ratio):
-                if ref not in self.measures:
-                    problems.append((f"kpis.{name}.ratio[{i}]", f"unknown measure {ref!r}; expected one of {', '.join(sorted(self.measures))}"))
+            for field_name in ("ratio", "difference", "over", "change", "measure"):
+                value = getattr(k, field_name)
+                refs = [value] if isinstance(value, str) else list(value or [])
+                for i, ref in enumerate(refs):
+                    if ref not in self.measures:
+                        where = f"kpis.{name}.{field_name}" + (f"[{i}]" if not isinstance(value, str) else "")
+                        problems.append((where, f"unknown measure {ref!r}; expected one of {', '.join(sorted(self.measures))}"))
+        all_fields = set().union(*known_fields.values()) | extras
+        for i, dims in enumerate(self.breakdowns):
+            for j, dim in enumerate(dims):
+                if dim not in all_fields:
+                    problems.append((f"breakdowns[{i}][{j}]", f"no event type carries the attribute {dim!r}; declare it under attributes:"))
         for name in self.targets:
             if name not in self.kpis:
                 close = _closest(name, self.kpis)
@@ -224,17 +304,15 @@ class Config(_Model):
         return {n: k for n, k in self.kpis.items() if k.enabled}
 
 
-def _fields_by_type() -> dict[str, set[str] | None]:
-    # Extra string attributes may appear on any event type, so the filter check only
-    # rejects names that collide with nothing at all; see _cross_check.
-    fields: dict[str, set[str] | None] = {t: set(TYPE_FIELDS[t]) | set(ALWAYS_PRESENT) for t in EVENT_TYPES}
+def _fields_by_type() -> dict[str, set[str]]:
+    fields = {t: set(TYPE_FIELDS[t]) | set(OPTIONAL_FIELDS.get(t, {})) | set(ALWAYS_PRESENT) for t in EVENT_TYPES}
     fields["session"] = set(SESSION_FIELDS)
     return fields
 
 
 def _numeric_fields(event: str) -> set[str]:
     if event == "session":
-        return {"pageviews", "bounced"}
+        return {"pageviews", "duration_s"}
     return {f for f in TYPE_FIELDS.get(event, {}) if f in ("cost", "revenue", "amount", "score")}
 
 

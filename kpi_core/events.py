@@ -87,14 +87,19 @@ TYPE_FIELDS: dict[str, dict[str, Check]] = {
     "survey": {"score": _score},
 }
 
-#: Fields that are numbers or booleans; every other field is a string attribute.
-NUMERIC_FIELDS = frozenset({"cost", "revenue", "amount", "score", "new_customer"})
+#: Per-type optional fields, checked when present.
+OPTIONAL_FIELDS: dict[str, dict[str, Check]] = {
+    "pageview": {"new_visitor": _boolean},  # set by trackers that know the visitor is new
+}
+
 
 #: Fields every event type carries, for config checks of filters and breakdowns.
 ALWAYS_PRESENT = frozenset({"type", "campaign", "channel"})
 
 #: The virtual ``session`` records built from page views (see kpi_core.sessions).
-SESSION_FIELDS = frozenset({"campaign", "channel", "visitor_id", "session_id", "page", "bounced", "pageviews"})
+SESSION_FIELDS = frozenset(
+    {"campaign", "channel", "visitor_id", "session_id", "page", "bounced", "pageviews", "duration_s", "new_visitor"}
+)
 
 EVENT_TYPES = tuple(TYPE_FIELDS)
 
@@ -154,6 +159,9 @@ def validate(obj: Any, implied_type: str | None = None) -> Event:
         if name not in obj:
             raise InvalidEvent("missing_field", f"{name} is required on {etype} events")
         data[name] = check(name, obj[name])
+    for name, check in OPTIONAL_FIELDS.get(etype, {}).items():
+        if name in obj:
+            data[name] = check(name, obj[name])
     if "event_id" in obj:
         data["event_id"] = _string("event_id", obj["event_id"])
     for name, value in obj.items():

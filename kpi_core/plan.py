@@ -1,7 +1,10 @@
 """The configuration compiled for the hot path: which measures each event feeds, and how KPIs are computed.
 
-Measures are kept as one flat vector of floats per (window, group), so adding
-two partial aggregates is element-wise addition and state is cheap to store.
+Measures over events live in one flat vector per (window, group): a float per
+count or sum, a HyperLogLog sketch per distinct count. Adding two partial
+aggregates is element-wise (sum, or register-wise max for sketches), so state is
+cheap to store and to combine across partitions. Measures defined as sums of
+other measures (``add:``) are computed only when a window closes.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from kpi_core import sketch
 from kpi_core.config import Config, Filter, Kpi
 
 EVENTS = "events"
@@ -16,6 +20,7 @@ SESSIONS = "sessions"
 PHASES = (EVENTS, SESSIONS)
 
 Predicate = Callable[[dict[str, Any]], bool]
+Vector = list[Any]  # float or bytearray (HLL registers) per slot
 
 
 def _predicate(attr: str, f: Filter) -> Predicate:
@@ -31,10 +36,11 @@ def _predicate(attr: str, f: Filter) -> Predicate:
 
 @dataclass(frozen=True, slots=True)
 class Feed:
-    """One measure fed by one event type: the vector slot, the summed field, the filters."""
+    """One measure fed by one event type: the vector slot, the field, the filters."""
 
     index: int
     field: str | None  # None: count the event
+    distinct: bool
     filters: tuple[Predicate, ...]
 
 
@@ -42,9 +48,34 @@ class Feed:
 class KpiPlan:
     name: str
     kpi: Kpi
-    num: int  # vector index of the numerator
-    den: int
     phase: str
+
+    def value(self, m: dict[str, float], previous: dict[str, float] | None) -> float | None:
+        """The KPI from a window's measures. None when its denominator is zero."""
+        k = self.kpi
+        if k.ratio:
+            num, den = m[k.ratio[0]], m[k.ratio[1]]
+        elif k.difference:
+            num, den = m[k.difference[0]] - m[k.difference[1]], m[str(k.over)]
+        elif k.change:
+            prev = (previous or {}).get(k.change, 0.0)
+            num, den = m[k.change] - prev, prev
+        else:
+            return m[str(k.measure)] * k.scale
+        return num / den * k.scale if den else None
+
+    def volume(self, m: dict[str, float], previous: dict[str, float] | None) -> tuple[float, str, float, str]:
+        """What the value rests on: (numerator, its name, denominator, its name)."""
+        k = self.kpi
+        if k.ratio:
+            return m[k.ratio[0]], k.ratio[0], m[k.ratio[1]], k.ratio[1]
+        if k.difference:
+            a, b = k.difference
+            return m[a] - m[b], f"{a} − {b}", m[str(k.over)], str(k.over)
+        if k.change:
+            prev = (previous or {}).get(k.change, 0.0)
+            return m[k.change], k.change, prev, f"previous {k.change}"
+        return m[str(k.measure)], str(k.measure), 1.0, "window"
 
 
 class Plan:
@@ -52,55 +83,98 @@ class Plan:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.measure_names: list[str] = list(config.measures)
-        self.size = len(self.measure_names)
-        index = {name: i for i, name in enumerate(self.measure_names)}
-        self.session_measures = frozenset(i for i, n in enumerate(self.measure_names) if config.measures[n].event == "session")
+        measures = config.measures
+        self.slot_names = [n for n, m in measures.items() if m.add is None]
+        self.size = len(self.slot_names)
+        index = {name: i for i, name in enumerate(self.slot_names)}
+        self.distinct_slots = frozenset(i for i, n in enumerate(self.slot_names) if measures[n].distinct)
         self.feeds: dict[str, tuple[Feed, ...]] = {}
-        for name, m in config.measures.items():
-            feed = Feed(index[name], m.sum, tuple(_predicate(a, f) for a, f in m.where.items()))
-            self.feeds[m.event] = (*self.feeds.get(m.event, ()), feed)
+        for name in self.slot_names:
+            m = measures[name]
+            event = str(m.event)
+            field = m.distinct or m.sum
+            feed = Feed(index[name], field, bool(m.distinct), tuple(_predicate(a, f) for a, f in m.where.items()))
+            self.feeds[event] = (*self.feeds.get(event, ()), feed)
+        self.derived = {n: list(m.add or []) for n, m in measures.items() if m.add is not None}
+        self.session_measures = frozenset(n for n in measures if self._from_sessions(n))
         self.kpis: list[KpiPlan] = []
         for name, k in config.enabled_kpis().items():
-            num, den = index[k.ratio[0]], index[k.ratio[1]]
-            phase = SESSIONS if {num, den} & self.session_measures else EVENTS
-            self.kpis.append(KpiPlan(name, k, num, den, phase))
+            phase = SESSIONS if any(r in self.session_measures for r in k.refs()) else EVENTS
+            self.kpis.append(KpiPlan(name, k, phase))
+        self.kpi_by_name = {k.name: k for k in self.kpis}
         self.phases = tuple(p for p in PHASES if any(k.phase == p for k in self.kpis)) or (EVENTS,)
+        self.has_change = any(k.kpi.change for k in self.kpis)
         self.breakdowns: list[tuple[str, ...]] = [tuple(b) for b in config.breakdowns]
         self.windows = config.windows
         self.lateness = config.allowed_lateness
         self.session_timeout = config.session_timeout
         self.needs_sessions = "session" in self.feeds
 
+    def _from_sessions(self, name: str) -> bool:
+        m = self.config.measures[name]
+        if m.add is not None:
+            return any(self._from_sessions(r) for r in m.add)
+        return m.event == "session"
+
     def delay(self, phase: str) -> int:
         """How long after a window's end (plus lateness) the phase closes."""
         return self.session_timeout if phase == SESSIONS else 0
 
-    def add(self, vector: list[float], event_type: str, data: dict[str, Any]) -> bool:
+    # -- vectors -----------------------------------------------------------------
+
+    def new_vector(self) -> Vector:
+        return [sketch.new() if i in self.distinct_slots else 0.0 for i in range(self.size)]
+
+    def add(self, vector: Vector, event_type: str, data: dict[str, Any]) -> bool:
         """Add one event's contributions to a measure vector; True if it fed any measure."""
         fed = False
         for feed in self.feeds.get(event_type, ()):
             if feed.filters and not all(p(data) for p in feed.filters):
                 continue
-            vector[feed.index] += 1.0 if feed.field is None else float(data[feed.field])
+            if feed.distinct:
+                value = data.get(feed.field or "")
+                if value is None:
+                    continue
+                sketch.add(vector[feed.index], str(value))
+            else:
+                vector[feed.index] += 1.0 if feed.field is None else float(data[feed.field])
             fed = True
         return fed
+
+    def merge(self, into: Vector, other: Vector) -> None:
+        for i, x in enumerate(other):
+            if i in self.distinct_slots:
+                sketch.merge(into[i], x)
+            else:
+                into[i] += x
+
+    def copy(self, vector: Vector) -> Vector:
+        return [bytearray(x) if i in self.distinct_slots else x for i, x in enumerate(vector)]
+
+    def encode(self, vector: Vector) -> list[Any]:
+        """A JSON-safe form of a vector, for state and the wire."""
+        return [sketch.encode(x) if i in self.distinct_slots else x for i, x in enumerate(vector)]
+
+    def decode(self, raw: list[Any]) -> Vector:
+        return [sketch.decode(x) if i in self.distinct_slots else x for i, x in enumerate(raw)]
 
     def groups(self, data: dict[str, Any]) -> list[tuple[int, tuple[str, ...]]]:
         """The (breakdown index, breakdown value) pairs an event belongs to."""
         return [(bi, tuple(str(data.get(d, "none")) for d in dims)) for bi, dims in enumerate(self.breakdowns)]
 
-    def measures(self, vector: list[float], phase: str) -> dict[str, float]:
-        """Named measures final in this phase (session measures only once sessions are final)."""
-        return {
-            n: vector[i] for i, n in enumerate(self.measure_names) if phase == SESSIONS or i not in self.session_measures
-        }
+    # -- results -----------------------------------------------------------------
 
-    def kpi_values(self, vector: list[float], phase: str) -> dict[str, float | None]:
+    def measures(self, vector: Vector, phase: str) -> dict[str, float]:
+        """Named measures final in this phase (session measures only once sessions are final)."""
+        out: dict[str, float] = {}
+        for i, name in enumerate(self.slot_names):
+            out[name] = sketch.estimate(vector[i]) if i in self.distinct_slots else vector[i]
+        for name, parts in self.derived.items():
+            out[name] = sum(out[p] for p in parts)
+        if phase != SESSIONS:
+            out = {n: v for n, v in out.items() if n not in self.session_measures}
+        return {n: out[n] for n in self.config.measures if n in out}
+
+    def kpi_values(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None) -> dict[str, float | None]:
         """KPIs reported in this phase. A zero denominator makes the KPI missing (None)."""
-        out: dict[str, float | None] = {}
-        for k in self.kpis:
-            if k.phase == phase:
-                den = vector[k.den]
-                out[k.name] = vector[k.num] / den if den else None
-        return out
+        return {k.name: k.value(measures, previous) for k in self.kpis if k.phase == phase}

@@ -33,6 +33,7 @@ class Snapshot:
     phase: str  # "events", or "sessions" for KPIs that wait for sessions to finish
     measures: dict[str, float]
     kpis: dict[str, float | None]  # None: the denominator was zero, so the KPI is missing
+    previous: dict[str, float] | None = None  # the previous window's measures, for change KPIs
 
     @property
     def key(self) -> str:

@@ -7,7 +7,9 @@ from kpi_core.results import Breach, Snapshot
 
 
 def is_breach(value: float, target: float, direction: str) -> bool:
-    """True when the value is on the bad side of the target (equal is fine)."""
+    """True when the value is on the bad side of the target (equal is fine; context KPIs never breach)."""
+    if direction == "context":
+        return False
     return value < target if direction == "higher" else value > target
 
 
@@ -23,8 +25,8 @@ def breaches(plan: Plan, snapshot: Snapshot) -> list[Breach]:
         target = target_cfg.for_group(snapshot.group)
         if target is None or not is_breach(value, target, k.kpi.direction):
             continue
-        num_name, den_name = k.kpi.ratio
-        if snapshot.measures[den_name] < target_cfg.min_denominator:
+        num, num_name, den, den_name = k.volume(snapshot.measures, snapshot.previous)
+        if den < target_cfg.min_denominator:
             continue
         out.append(
             Breach(
@@ -33,8 +35,8 @@ def breaches(plan: Plan, snapshot: Snapshot) -> list[Breach]:
                 target=target,
                 direction=k.kpi.direction,
                 unit=k.kpi.unit,
-                numerator=snapshot.measures[num_name],
-                denominator=snapshot.measures[den_name],
+                numerator=num,
+                denominator=den,
                 numerator_name=num_name,
                 denominator_name=den_name,
                 window=snapshot.window,

@@ -203,7 +203,7 @@ class Pipeline:
             # Deliver the partials before storing the new horizon: after a crash the
             # old horizon makes us send them again, and stage 2 drops the repeat.
             futures = [
-                await self.partials_topic.send(value=wire.encode_partials(p, agg.horizon, by_target.get(i, [])), partition=i)
+                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.horizon, by_target.get(i, [])), partition=i)
                 for i in range(self.partitions)
             ]
             await asyncio.gather(*futures)
@@ -221,7 +221,7 @@ class Pipeline:
     async def _combine(self, stream: Any) -> None:
         async for event in stream.events():
             p = event.message.partition
-            source, horizon, partials = wire.decode_partials(event.message.value)
+            source, horizon, partials = wire.decode_partials(self.plan, event.message.value)
             comb = self._stage2(p)
             comb.receive(source, horizon, partials)
             snapshots = comb.finalize()

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from kpi_core.aggregate import Partial
+from kpi_core.plan import Plan
 
 
 def encode_events(watermarks: dict[str, int], events: list[list[Any]]) -> bytes:
@@ -22,11 +23,11 @@ def decode_events(raw: bytes) -> tuple[dict[str, int], list[list[Any]]]:
     return obj["w"], obj["e"]
 
 
-def encode_partials(source: int, horizon: int, partials: list[Partial]) -> bytes:
-    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, p.vector] for p in partials]
+def encode_partials(plan: Plan, source: int, horizon: int, partials: list[Partial]) -> bytes:
+    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, plan.encode(p.vector)] for p in partials]
     return orjson.dumps({"src": source, "h": horizon, "p": rows})
 
 
-def decode_partials(raw: bytes) -> tuple[int, int, list[Partial]]:
+def decode_partials(plan: Plan, raw: bytes) -> tuple[int, int, list[Partial]]:
     obj = orjson.loads(raw)
-    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), v) for w, s, ph, b, g, v in obj["p"]]
+    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), plan.decode(v)) for w, s, ph, b, g, v in obj["p"]]
