@@ -14,6 +14,7 @@ input agree: an event whose offset a cell has already absorbed is skipped.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -51,15 +52,31 @@ class Cell:
 
 
 class Session:
-    __slots__ = ("first", "last", "n", "data")
+    """One visit: the event times of its page views, and the first page view's data."""
 
-    def __init__(self, first: int, last: int, n: int, data: dict[str, Any]) -> None:
-        self.first, self.last, self.n, self.data = first, last, n, data
+    __slots__ = ("times", "data")
 
-    def record(self) -> dict[str, Any]:
-        """The virtual ``session`` event measures see (see docs/events.md)."""
+    def __init__(self, times: list[int], data: dict[str, Any]) -> None:
+        self.times = times  # sorted
+        self.data = data
+
+    @property
+    def first(self) -> int:
+        return self.times[0]
+
+    @property
+    def last(self) -> int:
+        return self.times[-1]
+
+    def record(self, cutoff: int) -> dict[str, Any]:
+        """The virtual ``session`` event measures see (docs/events.md), as of event time ``cutoff``.
+
+        Counting only page views up to the cutoff makes the record independent of
+        how far past it the input happened to be read, so live and replay agree.
+        """
+        views = [t for t in self.times if t <= cutoff]
         out = {k: v for k, v in self.data.items() if isinstance(v, (str, bool))}
-        out.update(bounced=self.n == 1, pageviews=self.n, duration_s=(self.last - self.first) / 1000)
+        out.update(bounced=len(views) == 1, pageviews=len(views), duration_s=(views[-1] - views[0]) / 1000)
         return out
 
 
@@ -135,16 +152,23 @@ class PartitionAggregator:
         elif group.m.get(src, -1) >= off:
             return
         group.m[src] = off
+        # A view within the timeout of a session joins it, and may bridge two sessions
+        # into one; so the result doesn't depend on the order views arrive in.
         timeout = self.plan.session_timeout
-        for s in group.sessions:
-            if s.first - timeout <= ts <= s.last + timeout:
-                s.n += 1
-                if ts < s.first:
-                    s.first, s.data = ts, data  # the earliest page view is the landing page
-                s.last = max(s.last, ts)
-                break
+        near = [s for s in group.sessions if s.first - timeout <= ts <= s.last + timeout]
+        if not near:
+            group.sessions.append(Session([ts], data))
         else:
-            group.sessions.append(Session(ts, ts, 1, data))
+            keep = min(near, key=lambda s: s.first)
+            for other in near:
+                if other is not keep:
+                    keep.times = sorted(keep.times + other.times)
+                    if other.first < keep.first:
+                        keep.data = other.data
+                    group.sessions.remove(other)
+            if ts < keep.first:
+                keep.data = data  # the earliest page view is the landing page
+            bisect.insort(keep.times, ts)
         self._dirty.add(("s", *skey))
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
@@ -212,7 +236,7 @@ class PartitionAggregator:
         for group in self.sessions.values():
             for s in group.sessions:
                 if start <= s.first < end:
-                    record = s.record()
+                    record = s.record(end + self.plan.session_timeout)
                     for g in plan.groups(record):
                         cell = window.get(g)
                         if cell is None:
@@ -262,7 +286,7 @@ class PartitionAggregator:
             return {"v": self.plan.encode(cell.v), "m": cell.m}
         _, campaign, sid = parts
         g = self.sessions[(campaign, sid)]
-        return {"s": [[s.first, s.last, s.n, s.data] for s in g.sessions], "m": g.m}
+        return {"s": [[s.times, s.data] for s in g.sessions], "m": g.m}
 
     def load(self, key: str, value: Any) -> None:
         """Restore one stored entry (from ``changes``) after a restart or rebalance."""
@@ -277,5 +301,5 @@ class PartitionAggregator:
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
         else:
             _, campaign, sid = parts
-            sessions = [Session(first, last, n, data) for first, last, n, data in value["s"]]
+            sessions = [Session(times, data) for times, data in value["s"]]
             self.sessions[(campaign, sid)] = SessionGroup(sessions, value["m"])

@@ -28,6 +28,29 @@ EVENT_KPIS: dict[str, Any] = {
 }
 
 
+#: The first built-in configuration, kept here so exact-value tests don't move when default.yaml grows.
+CLASSIC: dict[str, Any] = {
+    "windows": [{"size": "1m"}],
+    "allowed_lateness": "10s",
+    "session_timeout": "30m",
+    "breakdowns": [["campaign"], ["channel"], []],
+    "measures": {
+        "impressions": {"event": "impression"},
+        "clicks": {"event": "click"},
+        "click_cost": {"event": "click", "sum": "cost"},
+        "orders": {"event": "order"},
+        "sessions": {"event": "session"},
+        "bounced_sessions": {"event": "session", "where": {"bounced": True}},
+    },
+    "kpis": {
+        "ctr": {"ratio": ["clicks", "impressions"], "unit": "percent"},
+        "cpc": {"ratio": ["click_cost", "clicks"], "direction": "lower", "unit": "currency"},
+        "conversion_rate": {"ratio": ["orders", "clicks"], "unit": "percent"},
+        "bounce_rate": {"ratio": ["bounced_sessions", "sessions"], "direction": "lower", "unit": "percent"},
+    },
+}
+
+
 def make_plan(**overrides: Any) -> Plan:
     """A Plan from a small config: 1m tumbling windows, 10s lateness, event-only KPIs."""
     raw: dict[str, Any] = {
@@ -65,10 +88,14 @@ class Events:
         return self.make("pageview", ts, visitor_id=f"v-{session_id}", session_id=session_id, page=page, **kw)
 
 
-def by_key(snapshots: list[Snapshot]) -> dict[tuple[Any, ...], Snapshot]:
-    """Snapshots by (phase, start, dims, group values); fails on a duplicate identity."""
+def by_key(snapshots: list[Snapshot], window: str | None = None) -> dict[tuple[Any, ...], Snapshot]:
+    """Snapshots (of one window size, if several) by (phase, start, dims, group values); fails on a duplicate."""
+    names = {s.window for s in snapshots}
+    assert window is not None or len(names) <= 1, f"several window sizes {names}: name one"
     out: dict[tuple[Any, ...], Snapshot] = {}
     for s in snapshots:
+        if window is not None and s.window != window:
+            continue
         key = (s.phase, s.start, s.dims, tuple(s.group[d] for d in s.dims))
         assert key not in out, f"two snapshots for {key}"
         out[key] = s

@@ -176,6 +176,31 @@ def test_load_keeps_the_larger_horizon() -> None:
     assert comb.horizons == {0: T + 5 * MIN}
 
 
+def test_the_previous_window_for_change_kpis_survives_a_restart() -> None:
+    p = make_plan(
+        breakdowns=[["campaign"]],
+        measures={"revenue": {"event": "order", "sum": "revenue"}},
+        kpis={"growth": {"change": "revenue"}},
+    )
+    first = Combiner(p, sources=1)
+    first.receive(0, T + MIN, [Partial(0, T, "events", 0, ("a",), [80.0])])
+    assert [(s.kpis, s.previous) for s in first.finalize()] == [({"growth": None}, None)]
+    upserts, _ = serialized(first.changes())
+    assert orjson.loads(upserts[f'["l",0,"events",0,["a"]]']) == {"start": T, "measures": {"revenue": 80.0}}
+    second = Combiner(p, sources=1)
+    for k, v in upserts.items():
+        second.load(k, orjson.loads(v))
+    second.receive(0, T + 2 * MIN, [Partial(0, T + MIN, "events", 0, ("a",), [100.0])])
+    assert [(s.kpis, s.previous) for s in second.finalize()] == [({"growth": 0.25}, {"revenue": 80.0})]
+
+
+def test_without_change_kpis_no_previous_window_is_kept() -> None:
+    comb = Combiner(plan(), sources=1)
+    comb.receive(0, T + MIN, [part(T, [1.0, 1.0, 1.0, 0.0])])
+    [snap] = comb.finalize()
+    assert (snap.previous, comb.last) == (None, {})
+
+
 # -- several stage-1 partitions end to end ------------------------------------------------
 
 

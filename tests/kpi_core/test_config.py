@@ -31,21 +31,23 @@ def problems(doc: Any) -> list[tuple[str, str]]:
 
 def test_default_config_loads_with_its_documented_values() -> None:
     cfg = config.load()
-    assert cfg.windows == [Window(size="1m")]
-    assert (cfg.windows[0].size, cfg.windows[0].step, cfg.windows[0].name) == (60_000, 60_000, "1m")
+    assert [(w.size, w.step, w.name) for w in cfg.windows] == [(60_000, 60_000, "1m"), (3_600_000, 3_600_000, "1h")]
     assert cfg.allowed_lateness == 10_000
     assert cfg.session_timeout == 1_800_000
     assert cfg.idle_timeout == 10_000
-    assert cfg.breakdowns == [["campaign"], ["channel"], []]
-    assert list(cfg.measures) == ["impressions", "clicks", "click_cost", "orders", "sessions", "bounced_sessions"]
-    assert {n: k.ratio for n, k in cfg.kpis.items()} == {
-        "ctr": ("clicks", "impressions"),
-        "cpc": ("click_cost", "clicks"),
-        "conversion_rate": ("orders", "clicks"),
-        "bounce_rate": ("bounced_sessions", "sessions"),
-    }
+    assert cfg.breakdowns == [["campaign"], ["channel"], ["device"], []]
     assert cfg.targets == {}
-    assert cfg.dimensions == ["campaign", "channel"]
+    assert cfg.dimensions == ["campaign", "channel", "device"]
+    # a few catalogue entries, exactly as the catalogue defines them
+    kpis = cfg.kpis
+    assert (kpis["ctr"].ratio, kpis["ctr"].direction) == (("clicks", "impressions"), "higher")
+    assert (kpis["cpc"].ratio, kpis["cpc"].direction) == (("click_cost", "clicks"), "lower")
+    assert (kpis["cpm"].ratio, kpis["cpm"].scale) == (("cost", "impressions"), 1000)
+    assert (kpis["bounce_rate"].ratio, kpis["bounce_rate"].direction) == (("bounced_sessions", "sessions"), "lower")
+    assert (kpis["roi"].difference, kpis["roi"].over) == (("revenue", "cost"), "cost")
+    assert kpis["sales_growth"].change == "revenue"
+    assert cfg.measures["cost"].add == ["click_cost", "spend"]
+    assert cfg.measures["unique_visitors"].distinct == "visitor_id"
 
 
 def test_default_file_and_explicit_path_give_the_same_config() -> None:
@@ -205,15 +207,92 @@ def test_unrelated_target_name_gets_no_suggestion() -> None:
 def test_every_cross_check_problem_is_reported_at_once() -> None:
     doc = {
         "measures": {"clicks": {"event": "clik"}, "rev": {"event": "click", "sum": "revenue"}},
+        "breakdowns": [["colour"]],
         "kpis": {"ctr": {"ratio": ["clicks", "nope"]}},
         "targets": {"ctrr": {"value": 1}},
     }
-    assert [p for p, _ in problems(doc)] == ["measures.clicks.event", "measures.rev.sum", "kpis.ctr.ratio[1]", "targets.ctrr"]
+    assert [p for p, _ in problems(doc)] == [
+        "measures.clicks.event",
+        "measures.rev.sum",
+        "kpis.ctr.ratio[1]",
+        "breakdowns[0][0]",
+        "targets.ctrr",
+    ]
 
 
-def test_filter_on_an_attribute_no_event_carries_is_rejected() -> None:
+def test_filter_on_an_attribute_the_event_does_not_carry_is_rejected() -> None:
     doc = raw(measures={**MEASURES, "x": {"event": "click", "where": {"colour": "red"}}})
-    assert problems(doc) == [("measures.x.where.colour", "no event type carries the attribute 'colour'")]
+    assert problems(doc) == [
+        (
+            "measures.x.where.colour",
+            "no click event carries the attribute 'colour'; expected a field of click events or one of attributes: "
+            "device, country, region, landing_page, browser, os, utm_source, utm_medium, utm_campaign",
+        )
+    ]
+
+
+def test_a_declared_attribute_may_be_filtered_on_and_broken_down_by() -> None:
+    doc = raw(
+        attributes=["colour"],
+        breakdowns=[["colour"], ["campaign", "colour"]],
+        measures={**MEASURES, "red_clicks": {"event": "click", "where": {"colour": "red"}}},
+    )
+    cfg = config.from_dict(doc)
+    assert cfg.dimensions == ["colour", "campaign"]
+
+
+def test_breakdown_on_an_undeclared_attribute_names_its_position() -> None:
+    assert problems(raw(breakdowns=[["campaign"], ["campaign", "colour"]])) == [
+        ("breakdowns[1][1]", "no event type carries the attribute 'colour'; declare it under attributes:")
+    ]
+
+
+MEASURE_ERRORS = [
+    # add: refers to a measure that does not exist
+    ({"cost": {"add": ["clicks", "spend"]}}, "measures.cost.add[1]"),
+    # add: refers to another derived measure
+    ({"a": {"add": ["clicks"]}, "b": {"add": ["a"]}}, "measures.b.add[0]"),
+    # add: together with event:
+    ({"cost": {"add": ["clicks"], "event": "click"}}, "measures.cost"),
+    # neither event: nor add:
+    ({"x": {}}, "measures.x"),
+    # both sum and distinct
+    ({"x": {"event": "pageview", "sum": "page", "distinct": "page"}}, "measures.x"),
+    # a distinct count of a field clicks do not carry
+    ({"x": {"event": "click", "distinct": "visitor_id"}}, "measures.x.distinct"),
+    # a sum of a field that is not numeric
+    ({"x": {"event": "order", "sum": "order_id"}}, "measures.x.sum"),
+]
+
+
+@pytest.mark.parametrize(("extra", "path"), MEASURE_ERRORS)
+def test_measure_errors_name_their_path(extra: dict[str, Any], path: str) -> None:
+    assert [p for p, _ in problems(raw(measures={**MEASURES, **extra}))] == [path]
+
+
+KPI_ERRORS = [
+    # difference without over
+    ({"roi": {"difference": ["clicks", "impressions"]}}, "kpis.roi"),
+    # over names an unknown measure
+    ({"roi": {"difference": ["clicks", "impressions"], "over": "cost"}}, "kpis.roi.over"),
+    # two kinds at once
+    ({"x": {"ratio": ["clicks", "impressions"], "measure": "clicks"}}, "kpis.x"),
+    # no kind at all
+    ({"x": {"unit": "count"}}, "kpis.x"),
+    # change of an unknown measure
+    ({"g": {"change": "revenue"}}, "kpis.g.change"),
+    # measure: an unknown measure
+    ({"m": {"measure": "revenue"}}, "kpis.m.measure"),
+    # a format that Python cannot apply
+    ({"m": {"measure": "clicks", "format": ".2q"}}, "kpis.m"),
+    # an unknown direction
+    ({"m": {"measure": "clicks", "direction": "up"}}, "kpis.m.direction"),
+]
+
+
+@pytest.mark.parametrize(("kpis", "path"), KPI_ERRORS)
+def test_kpi_errors_name_their_path(kpis: dict[str, Any], path: str) -> None:
+    assert [p for p, _ in problems(raw(kpis=kpis))] == [path]
 
 
 def test_unknown_top_level_key_is_rejected() -> None:
@@ -253,6 +332,11 @@ TARGET_VALUES = [
 @pytest.mark.parametrize(("given", "value"), TARGET_VALUES)
 def test_target_value_parses(given: Any, value: float) -> None:
     assert config.from_dict(raw(targets={"ctr": {"value": given}})).targets["ctr"].value == value
+
+
+def test_min_denominator_defaults_to_zero() -> None:
+    cfg = config.from_dict(raw(targets={"ctr": {"value": "2%", "min_denominator": 1000}}))
+    assert (cfg.targets["ctr"].min_denominator, Target().min_denominator) == (1000.0, 0.0)
 
 
 def test_target_override_percent_parses() -> None:

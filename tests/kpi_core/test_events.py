@@ -51,6 +51,11 @@ VALID = [
     (ev("survey", score=10), {"campaign": "spring", "channel": "search", "score": 10}),
     # survey at the bottom of the scale
     (ev("survey", score=0), {"campaign": "spring", "channel": "search", "score": 0}),
+    # pageview with the optional new_visitor flag
+    (
+        ev("pageview", visitor_id="v1", session_id="s1", page="/", new_visitor=True),
+        {"campaign": "spring", "channel": "search", "visitor_id": "v1", "session_id": "s1", "page": "/", "new_visitor": True},
+    ),
 ]
 
 
@@ -209,6 +214,12 @@ REJECTIONS = [
     (ev("survey", score=-1), None, "invalid_value"),
     # a fractional score
     (ev("survey", score=7.5), None, "invalid_value"),
+    # a whole float is still not an integer score
+    (ev("survey", score=9.0), None, "invalid_value"),
+    # a score as a string is invalid_value too, not wrong_type
+    (ev("survey", score="9"), None, "invalid_value"),
+    # the optional new_visitor flag must be a boolean when present
+    (ev("pageview", visitor_id="v", session_id="s", page="/", new_visitor="yes"), None, "wrong_type"),
     # an unknown event type
     ({**CLICK, "type": "purchase"}, None, "unknown_type"),
     # an unknown type on a typed topic is unknown before it is a mismatch
@@ -298,6 +309,36 @@ def test_extra_string_attributes_are_kept_and_other_extras_ignored() -> None:
         "event_id": "e-9",
         "utm_source": "newsletter",
     }
+
+
+def test_a_field_of_another_type_is_just_an_extra_here() -> None:
+    # page on a click is a string attribute; revenue on an impression is ignored; new_visitor is checked only on page views
+    click = validate({**CLICK, "page": "/offers", "new_visitor": "yes"})
+    assert click.data == {"campaign": "spring", "channel": "search", "cost": 1.0, "page": "/offers", "new_visitor": "yes"}
+    assert validate(ev("impression", revenue=5.0)).data == {"campaign": "spring", "channel": "search"}
+
+
+def test_an_empty_extra_string_is_allowed() -> None:
+    assert validate({**CLICK, "utm_source": ""}).data["utm_source"] == ""
+
+
+ORDER_OF_CHECKS = [
+    # unknown type is found before a missing ts
+    ({"type": "visit", "campaign": "a", "channel": "b"}, "unknown_type"),
+    # a bad ts before a missing campaign
+    ({"type": "click", "ts": "soon", "channel": "b", "cost": 1.0}, "bad_timestamp"),
+    # a missing campaign before a bad cost
+    ({"type": "click", "ts": TS, "channel": "b", "cost": "x"}, "missing_field"),
+    # a bad cost before a bad event_id
+    ({**CLICK, "cost": -1, "event_id": 5}, "invalid_value"),
+    # a bad event_id before an over-long extra
+    ({**CLICK, "event_id": 5, "utm": "x" * 300}, "wrong_type"),
+]
+
+
+@pytest.mark.parametrize(("obj", "reason"), ORDER_OF_CHECKS)
+def test_the_first_problem_in_check_order_is_reported(obj: dict[str, Any], reason: str) -> None:
+    assert _reject(obj, None).reason == reason
 
 
 def test_type_and_ts_never_land_in_data() -> None:

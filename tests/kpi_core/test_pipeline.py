@@ -17,9 +17,9 @@ from kpi_core.pipeline import LocalPipeline, run
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot
 
-from .helpers import MIN, SEC, T, Events, by_key, make_plan
+from .helpers import CLASSIC, MIN, SEC, T, Events, by_key, make_plan
 
-DEFAULT = Plan(config.load())
+CLASSIC_PLAN = Plan(config.from_dict(CLASSIC))
 
 
 def hand_built() -> list[Routed]:
@@ -45,7 +45,7 @@ ZERO = {"impressions": 0.0, "clicks": 0.0, "click_cost": 0.0, "orders": 0.0}
 
 
 def test_exact_kpis_for_a_hand_built_event_set() -> None:
-    snaps = by_key(list(run(DEFAULT, hand_built())))
+    snaps = by_key(list(run(CLASSIC_PLAN, hand_built())))
     events = {
         (k[2], k[3]): (s.measures, s.kpis) for k, s in snaps.items() if k[0] == "events" and k[1] == T
     }
@@ -86,19 +86,17 @@ def test_exact_kpis_for_a_hand_built_event_set() -> None:
     later = T + 31 * MIN
     assert snaps[("sessions", later, ("campaign",), ("brand",))].measures == {**ZERO, "sessions": 1.0, "bounced_sessions": 1.0}
     assert snaps[("sessions", later, (), ())].kpis == {"bounce_rate": 1.0}
-    # the page view alone feeds no event measure: the window exists, every ratio is missing
-    assert snaps[("events", later, (), ())].measures == ZERO
-    assert snaps[("events", later, (), ())].kpis == {"ctr": None, "cpc": None, "conversion_rate": None}
-    # window T: 2 campaigns + 2 channels + the total, in each phase; window T+31m: 1 + 1 + 1, in each phase
-    assert len(snaps) == 5 + 5 + 3 + 3
+    # a page view feeds no event measure here, so that window has no events phase at all
+    assert ("events", later, (), ()) not in snaps
+    # window T: 2 campaigns + 2 channels + the total, in each phase; window T+31m: 1 + 1 + 1, sessions only
+    assert len(snaps) == 5 + 5 + 3
 
 
 def test_snapshots_come_out_in_window_order_with_exact_bounds() -> None:
-    snaps = list(run(DEFAULT, hand_built()))
+    snaps = list(run(CLASSIC_PLAN, hand_built()))
     assert [(s.start, s.end, s.phase) for s in snaps if s.dims == ()] == [
         (T, T + MIN, "events"),
         (T, T + MIN, "sessions"),
-        (T + 31 * MIN, T + 32 * MIN, "events"),
         (T + 31 * MIN, T + 32 * MIN, "sessions"),
     ]
     assert all(s.window == "1m" for s in snaps)
@@ -160,7 +158,7 @@ def test_historical_iso_timestamps_give_2024_windows() -> None:
 
 
 def test_snapshot_key_and_json() -> None:
-    snaps = by_key(list(run(DEFAULT, hand_built())))
+    snaps = by_key(list(run(CLASSIC_PLAN, hand_built())))
     snap = snaps[("events", T, ("campaign",), ("spring",))]
     assert snap.key == f"1m|{T}|events|campaign|spring"
     assert snap.to_json() == {
@@ -178,9 +176,96 @@ def test_snapshot_key_and_json() -> None:
 def test_batch_size_does_not_change_the_result_for_in_order_events() -> None:
     events = hand_built()
     events.sort(key=lambda ev: ev[3])
-    whole = by_key(list(run(DEFAULT, events)))
-    assert by_key(list(run(DEFAULT, events, batch=1))) == whole
-    assert by_key(list(run(DEFAULT, events, batch=4))) == whole
+    whole = by_key(list(run(CLASSIC_PLAN, events)))
+    assert by_key(list(run(CLASSIC_PLAN, events, batch=1))) == whole
+    assert by_key(list(run(CLASSIC_PLAN, events, batch=4))) == whole
+
+
+# -- the shipped catalogue ---------------------------------------------------------------------
+
+
+def test_the_default_catalogue_reproduces_the_worked_examples() -> None:
+    """The worked examples of the KPI catalogue, one campaign each, through the built-in config."""
+    e = Events()
+    ts = T + 5 * SEC
+    events: list[Routed] = []
+
+    def spend(campaign: str, amount: float) -> None:
+        events.append(e.make("spend", ts, campaign=campaign, amount=amount))
+
+    def orders(campaign: str, n: int, revenue: float, new_customer: bool = True) -> None:
+        events.extend(e.order(ts, revenue=revenue, new_customer=new_customer, campaign=campaign) for _ in range(n))
+
+    def leads(campaign: str, n: int) -> None:
+        events.extend(e.make("lead", ts, campaign=campaign, lead_id=f"l{i}", stage="lead") for i in range(n))
+
+    def sessions(campaign: str, n: int) -> None:
+        events.extend(e.pageview(ts, f"{campaign}-{i}", campaign=campaign) for i in range(n))
+
+    # ROI: cost 8,000 and revenue 10,000 -> 25 %
+    spend("roi", 8_000.0)
+    orders("roi", 1, 10_000.0)
+    # CPL: cost 1,000 and 10 leads -> 100
+    spend("cpl", 1_000.0)
+    leads("cpl", 10)
+    # conversion: 200 visitors (sessions) and 20 orders -> 10 %
+    sessions("conversion", 200)
+    orders("conversion", 20, 1.0)
+    # visitor -> lead: 1,000 sessions and 100 leads -> 10 %
+    sessions("traffic", 1_000)
+    leads("traffic", 100)
+    # CAC: cost 500,000 over 1,000 new customers -> 500 (the catalogue's "5,000" would give 100)
+    spend("cac", 500_000.0)
+    orders("cac", 1_000, 0.0)
+    # ROAS: 10 of revenue for 1 of spend -> 10
+    spend("roas", 1.0)
+    orders("roas", 1, 10.0, new_customer=False)
+    # profit per acquisition: 130 of revenue per new customer at a CAC of 80 -> 50
+    spend("ppa", 160.0)
+    orders("ppa", 2, 130.0)
+
+    everything = list(run(Plan(config.load()), events))
+    snaps = by_key(everything, window="1m")
+
+    def kpi(phase: str, campaign: str, name: str) -> float | None:
+        return snaps[(phase, T, ("campaign",), (campaign,))].kpis[name]
+
+    assert kpi("events", "roi", "roi") == 0.25
+    assert kpi("events", "cpl", "cpl") == 100.0
+    assert kpi("sessions", "conversion", "session_to_order") == 0.1
+    assert kpi("sessions", "traffic", "visitor_to_lead") == 0.1
+    assert kpi("events", "cac", "cac") == 500.0
+    assert kpi("events", "roas", "roas") == 10.0
+    assert kpi("events", "ppa", "profit_per_acquisition") == 50.0
+    # a KPI with nothing under it is missing: no leads in the ROI campaign, so no CPL
+    assert kpi("events", "roi", "cpl") is None
+    # the same events land in the 1h window too, starting at 12:00
+    hourly = [s for s in everything if s.window == "1h" and s.dims == ("campaign",) and s.group["campaign"] == "roi"]
+    assert [(s.start, s.end, s.phase, s.kpis.get("roi")) for s in hourly] == [
+        (T, T + 60 * MIN, "events", 0.25),
+        (T, T + 60 * MIN, "sessions", None),
+    ]
+
+
+def test_sales_growth_compares_with_the_window_just_before() -> None:
+    plan = make_plan(
+        breakdowns=[[]],
+        measures={"revenue": {"event": "order", "sum": "revenue"}},
+        kpis={"sales_growth": {"change": "revenue"}},
+    )
+    e = Events()
+    events = [
+        e.order(T + 1_000, revenue=100.0),
+        e.order(T + MIN + 1_000, revenue=150.0),
+        e.order(T + 3 * MIN + 1_000, revenue=90.0),  # the window before it had no orders
+        e.order(T + 4 * MIN + 1_000, revenue=45.0),
+    ]
+    assert [(s.start, s.kpis["sales_growth"], s.previous) for s in run(plan, events, batch=1)] == [
+        (T, None, None),
+        (T + MIN, 0.5, {"revenue": 100.0}),
+        (T + 3 * MIN, None, None),
+        (T + 4 * MIN, -0.5, {"revenue": 90.0}),
+    ]
 
 
 # -- property: streaming equals a plain batch recomputation ------------------------------------
@@ -256,7 +341,7 @@ def routed(raw: list[tuple[Any, ...]], sources: int = 1) -> list[Routed]:
 
 def batch_recompute(plan: Plan, events: list[Routed]) -> dict[tuple[Any, ...], tuple[int, dict[str, float], dict[str, float | None]]]:
     """The events phase computed directly: group by window start and breakdown, then count and sum."""
-    names = plan.measure_names
+    names = list(plan.config.measures)
     acc: dict[tuple[Any, ...], dict[str, float]] = {}
     for _, _, etype, ts, data in events:
         for w in plan.windows:
@@ -308,26 +393,40 @@ def test_streaming_equals_batch_recomputation(raw: list[tuple[Any, ...]], batch:
     assert got == batch_recompute(PROP_PLAN, events)
 
 
-# -- property: sessions of in-order page views equal a batch sessionization ---------------------
+# -- property: sessions of page views, out of order within the lateness, equal a batch sessionization
 
+# A timeout not much longer than the lateness: out-of-order views often bridge two sessions.
+TIMEOUT = 30 * SEC
 SESSION_PLAN = make_plan(
-    session_timeout="2m",
+    session_timeout="30s",
     breakdowns=[["campaign"], []],
     measures={
         "pageviews": {"event": "pageview"},
         "sessions": {"event": "session"},
         "bounced": {"event": "session", "where": {"bounced": True}},
         "session_pages": {"event": "session", "sum": "pageviews"},
+        "session_seconds": {"event": "session", "sum": "duration_s"},
     },
     kpis={"bounce_rate": {"ratio": ["bounced", "sessions"], "direction": "lower"}},
 )
 
-page_view = st.tuples(st.integers(0, 12 * MIN), st.sampled_from(["spring", "brand"]), st.sampled_from(["s1", "s2", "s3"]))
+page_view = st.tuples(
+    st.one_of(st.integers(0, 10_000), st.integers(0, 45_000)),  # time since the previous view
+    st.sampled_from(["spring", "brand"]),
+    st.sampled_from(["s1", "s2", "s3"]),
+    # delivered up to 1 ms less than the allowed lateness behind its place in time order
+    st.one_of(st.just(0), st.just(LATENESS - 1), st.integers(0, LATENESS - 1)),
+)
 
 
-def sessionize(views: list[tuple[int, str, str]], timeout: int) -> dict[tuple[Any, ...], list[float]]:
-    """Sessions phase measures per (start, dims, group): sessions split where the gap exceeds the timeout."""
-    out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])
+def sessionize(views: list[tuple[int, str, str]]) -> dict[tuple[Any, ...], list[float]]:
+    """Sessions-phase measures per (start, dims, group), computed from all views at once.
+
+    A session is a run of one campaign's views of one session_id with no gap above the timeout.
+    It counts in the window of its first view, with the views up to that window's end plus the
+    timeout (kpi_core.aggregate.Session.record), which is when its phase closes.
+    """
+    out: dict[tuple[Any, ...], list[float]] = defaultdict(lambda: [0.0] * 5)
     for ts, campaign, _ in views:
         for dims, group in ((("campaign",), (campaign,)), ((), ())):
             out[(ts - ts % MIN, dims, group)][0] += 1
@@ -338,31 +437,54 @@ def sessionize(views: list[tuple[int, str, str]], timeout: int) -> dict[tuple[An
         times.sort()
         runs = [[times[0]]]
         for ts in times[1:]:
-            if ts - runs[-1][-1] <= timeout:
+            if ts - runs[-1][-1] <= TIMEOUT:
                 runs[-1].append(ts)
             else:
                 runs.append([ts])
         for r in runs:
+            start = r[0] - r[0] % MIN
+            counted = [t for t in r if t <= start + MIN + TIMEOUT]
             for dims, group in ((("campaign",), (campaign,)), ((), ())):
-                m = out[(r[0] - r[0] % MIN, dims, group)]
+                m = out[(start, dims, group)]
                 m[1] += 1
-                m[2] += len(r) == 1
-                m[3] += len(r)
+                m[2] += len(counted) == 1
+                m[3] += len(counted)
+                m[4] += (counted[-1] - counted[0]) / 1000
     return dict(out)
 
 
 @settings(max_examples=50, deadline=None)
-@given(views=st.lists(page_view, min_size=1, max_size=40), batch=st.integers(1, 6))
-def test_sessions_of_in_order_page_views_equal_batch_sessionization(views: list[tuple[int, str, str]], batch: int) -> None:
-    views = sorted(views, key=lambda v: v[0])
+@given(raw=st.lists(page_view, min_size=5, max_size=60), batch=st.integers(1, 6))
+def test_sessions_equal_batch_sessionization(raw: list[tuple[int, str, str, int]], batch: int) -> None:
+    views, now = [], 0
+    for gap, campaign, sid, _ in raw:
+        now += gap
+        views.append((now, campaign, sid))
+    order = sorted(range(len(raw)), key=lambda i: (views[i][0] + raw[i][3], i))
     e = Events()
-    events = [e.pageview(T + ts, sid, campaign=campaign) for ts, campaign, sid in views]
+    events = [e.pageview(T + views[i][0], views[i][2], campaign=views[i][1]) for i in order]
     got = {
-        (s.start - T, s.dims, tuple(s.group[d] for d in s.dims)): [s.measures[n] for n in ("pageviews", "sessions", "bounced", "session_pages")]
+        (s.start - T, s.dims, tuple(s.group[d] for d in s.dims)): [
+            s.measures[n] for n in ("pageviews", "sessions", "bounced", "session_pages", "session_seconds")
+        ]
         for s in run(SESSION_PLAN, events, batch=batch)
         if s.phase == "sessions"
     }
-    assert got == sessionize(views, 2 * MIN)
+    assert got == sessionize(views)
+
+
+def test_sessionize_reference_on_a_known_case() -> None:
+    # s1: views at 0:40, 1:05 and 1:35, one session (gaps 25 s and 30 s); its window [0, 1m) closes
+    # for sessions at 1:30, so the 1:35 view is not counted; s2: one view, a bounce
+    views = [(40_000, "spring", "s1"), (65_000, "spring", "s1"), (95_000, "spring", "s1"), (45_000, "spring", "s2")]
+    ref = sessionize(views)
+    assert ref[(0, (), ())] == [2.0, 2.0, 1.0, 3.0, 25.0]
+    assert ref[(MIN, (), ())] == [2.0, 0.0, 0.0, 0.0, 0.0]
+    e = Events()
+    got = {s.start - T: [s.measures[n] for n in ("pageviews", "sessions", "bounced", "session_pages", "session_seconds")]
+           for s in run(SESSION_PLAN, [e.pageview(T + ts, sid, campaign=c) for ts, c, sid in sorted(views)], batch=1)
+           if s.phase == "sessions" and s.dims == ()}
+    assert got == {0: [2.0, 2.0, 1.0, 3.0, 25.0], MIN: [2.0, 0.0, 0.0, 0.0, 0.0]}
 
 
 def test_the_property_generator_keeps_displacement_within_the_lateness() -> None:

@@ -24,6 +24,10 @@ IS_BREACH = [
     (1.0, 1.0, "lower", False),
     # a zero value against a zero target (higher) is not a breach
     (0.0, 0.0, "higher", False),
+    # context KPIs (traffic shares) never breach, whatever the value
+    (0.9, 0.1, "context", False),
+    # ... on either side
+    (0.0, 0.1, "context", False),
 ]
 
 
@@ -126,3 +130,33 @@ def test_breach_json_and_key() -> None:
         "breakdown": "campaign",
         "group": {"campaign": "spring"},
     }
+
+
+def test_below_min_denominator_a_window_never_breaches() -> None:
+    plan = make_plan(targets={"ctr": {"value": "2%", "min_denominator": 1000}})
+    low = {"impressions": 999.0, "clicks": 0.0, "click_cost": 0.0, "orders": 0.0}
+    assert breaches(plan, snapshot({}, low, {"ctr": 0.0, "cpc": None})) == []
+    enough = low | {"impressions": 1000.0}
+    assert [(b.kpi, b.denominator) for b in breaches(plan, snapshot({}, enough, {"ctr": 0.0, "cpc": None}))] == [("ctr", 1000.0)]
+
+
+def test_a_difference_kpi_breach_reports_its_volume() -> None:
+    plan = make_plan(
+        measures={"revenue": {"event": "order", "sum": "revenue"}, "cost": {"event": "spend", "sum": "amount"}},
+        kpis={"roi": {"difference": ["revenue", "cost"], "over": "cost", "unit": "percent"}},
+        targets={"roi": {"value": "10%"}},
+    )
+    [breach] = breaches(plan, snapshot({}, {"revenue": 900.0, "cost": 1000.0}, {"roi": -0.1}))
+    assert (breach.value, breach.target) == (-0.1, 0.1)
+    assert breach.to_json()["numerator"] == {"revenue − cost": -100.0}
+    assert breach.to_json()["denominator"] == {"cost": 1000.0}
+
+
+def test_a_context_kpi_with_a_target_never_breaches() -> None:
+    plan = make_plan(
+        measures={"sessions": {"event": "session"}, "organic": {"event": "session", "where": {"channel": "organic"}}},
+        kpis={"organic_share": {"ratio": ["organic", "sessions"], "direction": "context"}},
+        targets={"organic_share": {"value": "50%"}},
+    )
+    snap = Snapshot("1m", T, T + MIN, (), {}, "sessions", {"sessions": 10.0, "organic": 1.0}, {"organic_share": 0.1})
+    assert breaches(plan, snap) == []

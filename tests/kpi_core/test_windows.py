@@ -121,3 +121,24 @@ def test_restored_sources_are_idle_only_from_the_first_clocked_call() -> None:
     assert wm.current(5_000.0) == 100  # both count as just seen
     assert wm.current(5_010.0) == 100
     assert wm.current(5_020.0) == 210  # both idle for 10 ms beyond idle_ms
+
+
+def test_only_progress_counts_as_activity() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("stuck", 100, now=0.0)
+    wm.observe("moving", 500, now=0.0)
+    wm.observe("stuck", 100, now=9.0)  # the same time again: not progress
+    wm.observe("moving", 600, now=9.0)
+    assert wm.current(10.0) == 100
+    assert wm.current(11.0) == 600  # stuck has made no progress for 11 ms: idle
+
+
+def test_a_known_source_without_data_holds_the_watermark_back_until_idle() -> None:
+    wm = Watermark(idle_ms=10)
+    wm.observe("orders:0", -1, now=0.0)  # assigned, nothing delivered yet
+    wm.observe("clicks:0", 5_000, now=0.0)
+    wm.observe("clicks:0", 5_500, now=5.0)
+    assert wm.current(10.0) == -1
+    assert wm.current(11.0) == 5_500  # orders:0 has been silent for 11 ms
+    wm.observe("orders:0", 4_000, now=12.0)
+    assert wm.current(12.0) == 4_000
