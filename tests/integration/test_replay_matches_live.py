@@ -31,6 +31,9 @@ def _config(prefix: str) -> dict[str, Any]:
         breakdowns=[["campaign"], ["channel"], ["device"], []],
         topics=topic_names(prefix),
     )
+    # A custom funnel step declared only here, in YAML: cart page views -> orders.
+    config["measures"]["cart_views"] = {"event": "pageview", "where": {"page": {"prefix": "/cart"}}}
+    config["kpis"]["cart_to_order"] = {"ratio": ["orders", "cart_views"], "direction": "higher", "unit": "percent"}
     return config
 
 
@@ -79,6 +82,7 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path) -> N
         for batch in consumer.poll(timeout_ms=1000).values():  # anything extra would arrive now
             got.extend(orjson.loads(r.value) for r in batch)
         consumer.close()
+        on_metrics = worker.samples("kpimon_kpi_value")
     finally:
         worker.stop()
     assert len(got) == len(expected), f"live gave {len(got)} snapshots, replay {len(expected)}"
@@ -88,3 +92,20 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path) -> N
     assert sorted(live) == sorted(replayed)
     for key, snap in replayed.items():
         assert {p: live[key][p] for p in ("measures", "kpis")} == _approx(snap), key
+
+    # /metrics holds each group's last closed window: check it against those snapshots.
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for snap in got:
+        k = (snap["window"], snap["breakdown"], orjson.dumps(snap["group"]).decode())
+        for kpi, value in snap["kpis"].items():
+            if snap["start"] >= latest.get((*k, kpi), {"start": ""})["start"]:
+                latest[(*k, kpi)] = {"start": snap["start"], "value": value}
+    exported = {
+        (d["window"], d["breakdown"], orjson.dumps({x: d[x] for x in ("campaign", "channel", "device") if d[x]}).decode(), d["kpi"]): v
+        for d, v in ((dict(labels), v) for labels, v in on_metrics.items())
+    }
+    expected_metrics = {k: v["value"] for k, v in latest.items() if v["value"] is not None}
+    assert exported == pytest.approx(expected_metrics, rel=1e-9)
+    names = {k[3] for k in exported}
+    assert {"cart_to_order", "ctr", "cpm", "roi", "bounce_rate", "unique_visitors", "sales_growth", "new_visitor_share"} <= names
+    assert {k[1] for k in exported} == {"campaign", "channel", "device", "total"}

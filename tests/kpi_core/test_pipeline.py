@@ -411,9 +411,10 @@ SESSION_PLAN = make_plan(
 )
 
 page_view = st.tuples(
-    st.one_of(st.integers(0, 10_000), st.integers(0, 45_000)),  # time since the previous view
+    # time since the previous view: with four sessions interleaved, a session's gaps are often near the timeout
+    st.one_of(st.integers(0, 12_000), st.integers(0, 40_000)),
     st.sampled_from(["spring", "brand"]),
-    st.sampled_from(["s1", "s2", "s3"]),
+    st.sampled_from(["s1", "s2"]),
     # delivered up to 1 ms less than the allowed lateness behind its place in time order
     st.one_of(st.just(0), st.just(LATENESS - 1), st.integers(0, LATENESS - 1)),
 )
@@ -454,7 +455,7 @@ def sessionize(views: list[tuple[int, str, str]]) -> dict[tuple[Any, ...], list[
 
 
 @settings(max_examples=50, deadline=None)
-@given(raw=st.lists(page_view, min_size=5, max_size=60), batch=st.integers(1, 6))
+@given(raw=st.lists(page_view, min_size=20, max_size=80), batch=st.integers(1, 6))
 def test_sessions_equal_batch_sessionization(raw: list[tuple[int, str, str, int]], batch: int) -> None:
     views, now = [], 0
     for gap, campaign, sid, _ in raw:
