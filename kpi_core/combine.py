@@ -9,13 +9,24 @@ never double-counts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import orjson
 
 from kpi_core.aggregate import NEVER, Partial
-from kpi_core.plan import Plan
+from kpi_core.plan import EVENTS, Plan
 from kpi_core.results import Snapshot
+
+
+@dataclass(slots=True)
+class ClosedWindow:
+    """One window phase, final across all partitions, with this partition's groups."""
+
+    window: int
+    start: int
+    phase: str
+    snapshots: list[Snapshot]
 
 
 class PendingWindow:
@@ -35,6 +46,7 @@ class Combiner:
         self.horizons: dict[int, int] = {}
         self.pending: dict[tuple[int, int, str], PendingWindow] = {}
         self.last: dict[tuple[int, str, int, tuple[str, ...]], tuple[int, dict[str, float]]] = {}
+        self.evaluated: dict[int, int] = {}  # window index -> start of the last closed events phase
         self._dirty: set[tuple[Any, ...]] = set()
         self._deleted: set[tuple[Any, ...]] = set()
 
@@ -64,35 +76,69 @@ class Combiner:
 
     def finalize(self) -> list[Snapshot]:
         """Snapshots of every window phase that all stage-1 partitions have closed."""
+        return [snap for closed in self.finalize_windows() for snap in closed.snapshots]
+
+    def finalize_windows(self, *, empty_until: int | None = None) -> list[ClosedWindow]:
+        """Every window phase that all stage-1 partitions have closed, in order, with its snapshots.
+
+        Windows in which this partition saw no data at all are included (empty) once
+        a window of that size has been seen, so silence itself can be alerted on;
+        ``empty_until`` bounds them (the end of a replay is not silence).
+        """
         if len(self.horizons) < self.n_sources:
             return []
         low = min(self.horizons.values())
-        out: list[Snapshot] = []
         plan = self.plan
-        for wkey in sorted(self.pending):
+        ready = []
+        for wkey in self.pending:
+            wi, start, phase = wkey
+            if start + plan.windows[wi].size + plan.delay(phase) <= low:
+                ready.append(wkey)
+        ready += self._empty_windows(low if empty_until is None else min(low, empty_until), set(ready))
+        out: list[ClosedWindow] = []
+        for wkey in sorted(ready):
             wi, start, phase = wkey
             window = plan.windows[wi]
             end = start + window.size
-            if end + plan.delay(phase) > low:
-                continue
-            for (bi, group), vector in sorted(self.pending.pop(wkey).groups.items()):
+            snaps = []
+            pending = self.pending.pop(wkey, None)
+            for (bi, group), vector in sorted(pending.groups.items() if pending else []):
                 dims = plan.breakdowns[bi]
                 measures = plan.measures(vector, phase)
                 previous = self._previous(wi, phase, bi, group, start, measures)
-                snap = Snapshot(
-                    window=window.name,
-                    start=start,
-                    end=end,
-                    dims=dims,
-                    group=dict(zip(dims, group)),
-                    phase=phase,
-                    measures=measures,
-                    kpis=plan.kpi_values(measures, phase, previous),
-                    previous=previous,
+                snaps.append(
+                    Snapshot(
+                        window=window.name,
+                        start=start,
+                        end=end,
+                        dims=dims,
+                        group=dict(zip(dims, group)),
+                        phase=phase,
+                        measures=measures,
+                        kpis=plan.kpi_values(measures, phase, previous),
+                        previous=previous,
+                    )
                 )
-                out.append(snap)
-            self._dirty.discard(("p", *wkey))
-            self._deleted.add(("p", *wkey))
+            if pending is not None:
+                self._dirty.discard(("p", *wkey))
+                self._deleted.add(("p", *wkey))
+            if phase == EVENTS:
+                self.evaluated[wi] = max(self.evaluated.get(wi, NEVER), start)
+                self._dirty.add(("e",))
+            out.append(ClosedWindow(wi, start, phase, snaps))
+        return out
+
+    def _empty_windows(self, low: int, ready: set[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+        out = []
+        for wi, last in self.evaluated.items():
+            window = self.plan.windows[wi]
+            step = window.step or window.size
+            start = last + step
+            # Bounded: after a long outage only the most recent windows matter.
+            while start + window.size <= low and len(out) < 1000:
+                if (wi, start, EVENTS) not in ready:
+                    out.append((wi, start, EVENTS))
+                start += step
         return out
 
     def _previous(self, wi: int, phase: str, bi: int, group: tuple[str, ...], start: int, measures: dict[str, float]) -> dict[str, float] | None:
@@ -118,6 +164,8 @@ class Combiner:
     def _value(self, key: tuple[Any, ...]) -> Any:
         if key[0] == "h":
             return {str(s): h for s, h in self.horizons.items()}
+        if key[0] == "e":
+            return {str(wi): start for wi, start in self.evaluated.items()}
         if key[0] == "l":
             start, measures = self.last[key[1:]]
             return {"start": start, "measures": measures}
@@ -131,6 +179,9 @@ class Combiner:
         if parts[0] == "h":
             for s, h in value.items():
                 self.horizons[int(s)] = max(h, self.horizons.get(int(s), NEVER))
+        elif parts[0] == "e":
+            for wi, start in value.items():
+                self.evaluated[int(wi)] = max(start, self.evaluated.get(int(wi), NEVER))
         elif parts[0] == "l":
             _, wi, phase, bi, group = parts
             self.last[(wi, phase, bi, tuple(group))] = (value["start"], value["measures"])

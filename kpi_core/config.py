@@ -161,37 +161,103 @@ class Kpi(_Model):
         return [str(self.change or self.measure)]
 
 
+class Drift(_Model):
+    """Alert when a KPI moves ``change`` (a fraction, e.g. 25%) to its bad side of a baseline."""
+
+    change: float
+    baseline: Literal["trailing", "week"] = "trailing"  # the trailing N windows, or the same window a week earlier
+    windows: int = Field(default=6, ge=1, le=500)  # trailing windows in the baseline
+    method: Literal["mean", "ewma"] = "mean"
+    alpha: float = Field(default=0.3, gt=0, le=1)  # EWMA weight of the newest window
+
+    _percent = field_validator("change", mode="before")(lambda v: _parse_number(v))
+
+
 class Target(_Model):
-    """A KPI's target value, with overrides per breakdown value (exact or glob)."""
+    """The alerting rule of one KPI: a static target and/or drift from a baseline, gated by
+    volume and confidence, with for-duration, hysteresis, cooldown, re-notify and severity.
+    ``overrides`` replace fields per breakdown value, matched exactly first, then by glob."""
 
-    value: float | None = None
-    overrides: dict[str, dict[str, float]] = {}  # dimension -> pattern -> value
-    min_denominator: float = 0.0  # below this volume a window never breaches: 1 click in 3 impressions says nothing
+    value: float | None = None  # static target; which side is bad comes from the KPI's direction
+    clear: float | None = None  # hysteresis: a firing incident resolves only past this (default: value)
+    drift: Drift | None = None
+    min_denominator: float = 0.0  # below this volume a window says nothing: 1 click in 3 impressions
+    min_numerator: float = 0.0
+    confidence: float | None = Field(default=None, gt=0.5, lt=1)  # Wilson interval for proportions
+    for_windows: int = Field(default=1, ge=1, alias="for")  # consecutive breaching windows before firing
+    cooldown: int = 0  # event time after a resolve during which the incident won't re-open
+    renotify: int | None = None  # remind while still firing, every this much event time
+    critical: float = Field(default=0.5, ge=0)  # a breach this far past the line (relative) is critical
+    overrides: dict[str, dict[str, dict[str, Any]]] = {}  # dimension -> pattern -> fields
 
-    @field_validator("value", mode="before")
-    @classmethod
-    def _percent(cls, value: Any) -> Any:
-        return _parse_number(value)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _numbers = field_validator("value", "clear", mode="before")(lambda v: _parse_number(v))
+    _durations = field_validator("cooldown", "renotify", mode="before")(lambda v: None if v is None else parse_duration(v))
 
     @field_validator("overrides", mode="before")
     @classmethod
-    def _percent_overrides(cls, value: Any) -> Any:
+    def _override_shorthand(cls, value: Any) -> Any:
+        # `overrides: {campaign: {"brand-*": 5%}}` is shorthand for `{value: 5%}`.
         if isinstance(value, dict):
-            return {d: {p: _parse_number(v) for p, v in (pats or {}).items()} for d, pats in value.items()}
+            return {
+                d: {p: v if isinstance(v, dict) else {"value": v} for p, v in (pats or {}).items()}
+                for d, pats in value.items()
+            }
         return value
 
-    def for_group(self, group: dict[str, str]) -> float | None:
-        """The target for one breakdown value: the first exact match, then globs, then the default."""
+    @model_validator(mode="after")
+    def _check_overrides(self) -> Target:
+        base = self.model_dump(by_alias=True, exclude={"overrides"})
+        for dim, patterns in self.overrides.items():
+            for pattern, fields in patterns.items():
+                if "overrides" in fields:
+                    raise ValueError(f"overrides.{dim}.{pattern}: overrides do not nest")
+                Target.model_validate({**base, **fields})  # each override must make a valid rule
+        return self
+
+    def rule_for(self, group: dict[str, str]) -> Target:
+        """The rule for one breakdown value: the first exact match, then globs, then the default."""
         for dim, patterns in self.overrides.items():
             value = group.get(dim)
             if value is None:
                 continue
-            if value in patterns:
-                return patterns[value]
-            for pattern, target in patterns.items():
-                if fnmatch.fnmatchcase(value, pattern):
-                    return target
-        return self.value
+            fields = patterns.get(value)
+            if fields is None:
+                fields = next((f for p, f in patterns.items() if fnmatch.fnmatchcase(value, p)), None)
+            if fields is not None:
+                base = self.model_dump(by_alias=True, exclude={"overrides"})
+                return Target.model_validate({**base, **fields})
+        return self
+
+    def for_group(self, group: dict[str, str]) -> float | None:
+        """The static target for one breakdown value."""
+        return self.rule_for(group).value
+
+
+class Route(_Model):
+    """Send one group's alerts to a Slack channel, optionally mentioning someone."""
+
+    match: dict[str, str]  # dimension (or "kpi") -> exact value or glob
+    channel: str
+    mention: str | None = None
+
+
+class NoData(_Model):
+    """An active group whose ``measures`` all stop for ``windows`` windows raises a no-data alert."""
+
+    measures: list[str] = ["impressions", "clicks"]
+    windows: int = Field(default=2, ge=1)
+    breakdowns: list[list[str]] = [["campaign"]]
+
+
+class Alerting(_Model):
+    """Where alerts go and what they link to."""
+
+    routes: list[Route] = []
+    default_channel: str | None = None  # else SLACK_CHANNEL
+    grafana_url: str | None = None  # base URL of the KPI dashboard, for links in messages
+    no_data: NoData | None = None
 
 
 def _parse_number(value: Any) -> Any:
@@ -216,6 +282,8 @@ class Topics(_Model):
     dead_letters: str = "dead-letters"
     late_events: str = "late-events"
     snapshots: str = "kpi-snapshots"
+    alerts: str = "kpi-alerts"  # the outbox: alert events are written here before delivery
+    silences: str = "kpimon-silences"  # compacted
     partitions: int = Field(default=4, ge=1, le=1024)
 
 
@@ -235,6 +303,7 @@ class Config(_Model):
     measures: dict[str, Measure]
     kpis: dict[str, Kpi]
     targets: dict[str, Target] = {}
+    alerting: Alerting = Alerting()
     topics: Topics = Topics()
     metrics_port: int = Field(default=6066, ge=0, le=65535)
     top_campaigns: int = Field(default=0, ge=0)  # reserved: label bounding arrives with the reliability work
@@ -274,6 +343,15 @@ class Config(_Model):
                     if ref not in self.measures:
                         where = f"kpis.{name}.{field_name}" + (f"[{i}]" if not isinstance(value, str) else "")
                         problems.append((where, f"unknown measure {ref!r}; expected one of {', '.join(sorted(self.measures))}"))
+        for name, t in self.targets.items():
+            if t.drift and t.drift.baseline == "week":
+                for w in self.windows:
+                    if 7 * 86_400_000 // (w.step or w.size) > 2016:
+                        problems.append((f"targets.{name}.drift.baseline", f"a week-ago baseline needs windows of 5m or more (window {w.name} would keep too much history)"))
+        if self.alerting.no_data:
+            for i, m in enumerate(self.alerting.no_data.measures):
+                if m not in self.measures:
+                    problems.append((f"alerting.no_data.measures[{i}]", f"unknown measure {m!r}"))
         all_fields = set().union(*known_fields.values()) | extras
         for i, dims in enumerate(self.breakdowns):
             for j, dim in enumerate(dims):

@@ -8,45 +8,56 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from kpi_core.aggregate import FOREVER, PartitionAggregator, Routed
+from kpi_core.aggregate import FOREVER, NEVER, PartitionAggregator, Routed
+from kpi_core.alerting import AlertEngine
+from kpi_core.incidents import AlertEvent
 from kpi_core.combine import Combiner
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot
 
 SOURCE = "replay"
 
+Output = Snapshot | AlertEvent
+
 
 class LocalPipeline:
-    """Feed events in event-time order (within the lateness); get closed windows out."""
+    """Feed events in event-time order (within the lateness); get closed windows and alerts out."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.stage1 = PartitionAggregator(plan, idle_ms=plan.config.idle_timeout)
         self.stage2 = Combiner(plan, sources=1)
+        self.alerts = AlertEngine(plan)
         self.late: list[Routed] = []
+        self.latest = NEVER
 
-    def feed(self, events: Iterable[Routed]) -> list[Snapshot]:
-        """Absorb a batch; return the snapshots of windows it closed."""
+    def feed(self, events: Iterable[Routed]) -> list[Output]:
+        """Absorb a batch; return the snapshots and alerts of windows it closed."""
         batch = list(events)
         self.late += self.stage1.apply(batch)
         for ev in batch:
             self.stage1.observe(ev[0], ev[3], None)
+            self.latest = max(self.latest, ev[3])
         return self._advance(None)
 
-    def finish(self) -> list[Snapshot]:
+    def finish(self) -> list[Output]:
         """Close every open window, as if event time ran on forever."""
         return self._advance(FOREVER)
 
-    def _advance(self, force: int | None) -> list[Snapshot]:
+    def _advance(self, force: int | None) -> list[Output]:
         partials = self.stage1.advance(None, force=force)
         if partials is None:
             return []
         self.stage2.receive(0, self.stage1.horizon, partials)
-        return self.stage2.finalize()
+        out: list[Output] = []
+        for closed in self.stage2.finalize_windows(empty_until=self.latest):
+            out += closed.snapshots
+            out += self.alerts.evaluate(closed.window, closed.start, closed.phase, closed.snapshots)
+        return out
 
 
-def run(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000) -> Iterator[Snapshot]:
-    """Every snapshot for a finite stream of events, in window order."""
+def run_all(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000) -> Iterator[Output]:
+    """Every snapshot and alert event for a finite stream of events, in window order."""
     pipe = LocalPipeline(plan)
     buf: list[Routed] = []
     for ev in events:
@@ -56,3 +67,8 @@ def run(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000) -> Iterato
             buf = []
     yield from pipe.feed(buf)
     yield from pipe.finish()
+
+
+def run(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000) -> Iterator[Snapshot]:
+    """Every snapshot for a finite stream of events, in window order."""
+    return (x for x in run_all(plan, events, batch=batch) if isinstance(x, Snapshot))

@@ -15,10 +15,10 @@ from kpi_core.aggregate import Routed
 from kpi_core.config import Config
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import validate
-from kpi_core.pipeline import SOURCE, run
+from kpi_core.incidents import AlertEvent
+from kpi_core.pipeline import SOURCE, run_all
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot, breakdown_name, format_value, iso
-from kpi_core.targets import breaches
 from kpimon.producer import read_events
 
 
@@ -38,6 +38,7 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
     plan = Plan(config)
     invalid: dict[str, int] = {}
     snapshots: list[Snapshot] = []
+    alerts: list[AlertEvent] = []
     with Progress(SpinnerColumn(), TextColumn("replay: {task.completed:,} events read"), console=err, transient=True) as bar:
         task = bar.add_task("replay", total=None)
 
@@ -47,29 +48,29 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
                     bar.update(task, completed=n)
                 yield obj
 
-        for snap in run(plan, routed(rows(), invalid)):
-            snapshots.append(snap)
-            alerts = breaches(plan, snap)
+        for item in run_all(plan, routed(rows(), invalid)):
+            if isinstance(item, AlertEvent):
+                alerts.append(item)
+                if fmt == "jsonl":
+                    print(orjson.dumps({"alert": item.to_json()}).decode())
+                continue
+            snapshots.append(item)
             if fmt == "jsonl":
-                print(orjson.dumps({"snapshot": snap.to_json()}).decode())
-                for b in alerts:
-                    print(orjson.dumps({"alert": b.to_json()}).decode())
+                print(orjson.dumps({"snapshot": item.to_json()}).decode())
     if fmt == "table":
-        _table(plan, snapshots, out)
+        _table(plan, snapshots, alerts, out)
     if invalid:
         err.print("invalid events skipped: " + ", ".join(f"{r}={n}" for r, n in sorted(invalid.items())))
     return snapshots
 
 
-def _table(plan: Plan, snapshots: list[Snapshot], out: Console) -> None:
+def _table(plan: Plan, snapshots: list[Snapshot], alerts: list[AlertEvent], out: Console) -> None:
     units = {k.name: k.kpi.unit for k in plan.kpis}
     table = Table(title="closed windows")
-    for col in ("window", "start", "breakdown", "group", "kpi", "value", "alert"):
+    for col in ("window", "start", "breakdown", "group", "kpi", "value"):
         table.add_column(col)
     for snap in snapshots:
-        flagged = {b.kpi: b for b in breaches(plan, snap)}
         for kpi, value in snap.kpis.items():
-            b = flagged.get(kpi)
             table.add_row(
                 snap.window,
                 iso(snap.start),
@@ -77,6 +78,13 @@ def _table(plan: Plan, snapshots: list[Snapshot], out: Console) -> None:
                 ",".join(snap.group.values()) or "all",
                 kpi,
                 "missing" if value is None else format_value(value, units[kpi]),
-                f"target {format_value(b.target, b.unit)}" if b else "",
             )
     out.print(table)
+    if alerts:
+        table = Table(title="alerts that would have fired")
+        for col in ("window", "start", "group", "event", "severity", "kpis"):
+            table.add_column(col)
+        for a in alerts:
+            kpis = ", ".join(f"{f.kpi} {'ok' if f.status == 'resolved' else format_value(f.value or 0.0, f.unit)}" for f in a.findings)
+            table.add_row(a.window, iso(a.start), ",".join(a.group.values()) or "all", a.kind, a.severity, kpis)
+        out.print(table)

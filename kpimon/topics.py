@@ -23,7 +23,7 @@ class TopicError(KpimonError):
 def wanted_topics(config: Config, settings: WorkerSettings) -> dict[str, int]:
     """Every topic and its partition count."""
     n = config.topics.partitions
-    names = [*config.topics.sources, config.topics.dead_letters, config.topics.late_events, config.topics.snapshots]
+    names = [*config.topics.sources, config.topics.dead_letters, config.topics.late_events, config.topics.snapshots, config.topics.alerts]
     topics = {name: n for name in names}
     topics[settings.events_topic] = n
     topics[settings.partials_topic] = n

@@ -30,17 +30,18 @@ from typing import Any
 import faust
 import orjson
 
-from alerts import Notifier
+from alerts import AlertDeliveryError, Delivery, DeliveryState
 from kpi_core.aggregate import PartitionAggregator
+from kpi_core.alerting import AlertEngine
 from kpi_core.combine import Combiner
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import decode
 from kpi_core.plan import Plan
-from kpi_core.results import Breach, Snapshot
-from kpi_core.targets import breaches
+from kpi_core.incidents import AlertEvent
 from streams import web, wire
 from streams.metrics import Metrics
 from streams.settings import WorkerSettings
+from streams.silences import SilenceWatcher
 
 log = logging.getLogger("kpimon.worker")
 
@@ -65,11 +66,13 @@ def partition_of(campaign: str, partitions: int) -> int:
 class Pipeline:
     """Wires kpi_core's stages to Faust topics and tables."""
 
-    def __init__(self, plan: Plan, settings: WorkerSettings, notifier: Notifier, metrics: Metrics) -> None:
+    def __init__(self, plan: Plan, settings: WorkerSettings, delivery: Delivery, metrics: Metrics,
+                 silences: SilenceWatcher | None = None) -> None:
         self.plan = plan
         self.settings = settings
-        self.notifier = notifier
+        self.delivery = delivery
         self.metrics = metrics
+        self.silences = silences
         cfg = plan.config
         self.partitions = cfg.topics.partitions
         self.app = faust.App(
@@ -96,18 +99,24 @@ class Pipeline:
         self.dead_letters = app.topic(cfg.topics.dead_letters, value_serializer="raw", key_serializer="raw")
         self.late_topic = app.topic(cfg.topics.late_events, value_serializer="raw", key_serializer="raw")
         self.snapshot_topic = app.topic(cfg.topics.snapshots, value_serializer="raw", key_serializer="raw")
+        self.alerts_topic = app.topic(cfg.topics.alerts, value_serializer="raw", key_serializer="raw")
         self.stage1_table = self._table("stage1")
         self.stage2_table = self._table("stage2")
+        self.alert_table = self._table("incidents")
+        self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
         self.stage1: dict[int, PartitionAggregator] = {}
         self.stage2: dict[int, Combiner] = {}
+        self.engines: dict[int, AlertEngine] = {}
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
 
         app.agent(self.sources, name="route")(self._route)
         app.agent(self.events_topic, name="aggregate")(self._aggregate)
         app.agent(self.partials_topic, name="combine")(self._combine)
+        app.agent(self.alerts_topic, name="deliver")(self._deliver)
         app.timer(1.0, name="close-idle-windows")(self._tick)
         app.task(self._start_web)
+        app.task(self._start_silences)
         app.on_partitions_revoked.connect(self._on_revoked)
 
     def _table(self, name: str) -> KeyPartitionedTable:
@@ -198,8 +207,7 @@ class Pipeline:
         if partials is not None:
             by_target: dict[int, list[Any]] = defaultdict(list)
             for part in partials:
-                key = (part.breakdown, *part.group)
-                by_target[zlib.crc32(orjson.dumps(key)) % self.partitions].append(part)
+                by_target[self._combine_partition(part.breakdown, part.group)].append(part)
             # Deliver the partials before storing the new horizon: after a crash the
             # old horizon makes us send them again, and stage 2 drops the repeat.
             futures = [
@@ -209,40 +217,89 @@ class Pipeline:
             await asyncio.gather(*futures)
         _persist(self.stage1_table, p, agg.changes())
 
+    def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
+        # Every breakdown that includes the campaign lands with the campaign, so a
+        # campaign's alert can name the channel or device behind it from local state.
+        dims = self.plan.breakdowns[breakdown]
+        if "campaign" in dims:
+            return partition_of(group[dims.index("campaign")], self.partitions)
+        return zlib.crc32(orjson.dumps((breakdown, *group))) % self.partitions
+
     # -- 3. combine ------------------------------------------------------------
 
-    def _stage2(self, p: int) -> Combiner:
+    def _stage2(self, p: int) -> tuple[Combiner, AlertEngine]:
         comb = self.stage2.get(p)
         if comb is None:
             comb = self.stage2[p] = Combiner(self.plan, sources=self.partitions)
+            engine = self.engines[p] = AlertEngine(self.plan)
             _restore(self.stage2_table, p, comb.load)
-        return comb
+            _restore(self.alert_table, p, engine.load)
+        return comb, self.engines[p]
 
     async def _combine(self, stream: Any) -> None:
         async for event in stream.events():
             p = event.message.partition
             source, horizon, partials = wire.decode_partials(self.plan, event.message.value)
-            comb = self._stage2(p)
+            comb, engine = self._stage2(p)
             comb.receive(source, horizon, partials)
-            snapshots = comb.finalize()
-            if snapshots:
-                await self._publish(snapshots)
+            for closed in comb.finalize_windows():
+                for snap in closed.snapshots:
+                    await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
+                    self.metrics.record_snapshot(snap)
+                for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
+                    # The outbox: an alert is on Kafka before anyone tries to deliver it.
+                    fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
+                    await fut
+                    self.metrics.record_alert(alert)
+            # Stored after the outbox write: a crash in between re-evaluates to the same
+            # events (same sequence numbers), which delivery then skips as duplicates.
             _persist(self.stage2_table, p, comb.changes())
+            _persist(self.alert_table, p, engine.changes())
 
-    async def _publish(self, snapshots: list[Snapshot]) -> None:
-        by_group: dict[tuple[str, ...], list[Breach]] = defaultdict(list)
-        for snap in snapshots:
-            await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
-            self.metrics.record_snapshot(snap)
-            for b in breaches(self.plan, snap):
-                by_group[(b.window, str(b.start), *b.dims, *b.group.values())].append(b)
-        for group in by_group.values():
+    # -- 4. deliver ------------------------------------------------------------
+
+    async def _deliver(self, stream: Any) -> None:
+        """Deliver outbox records exactly once: skip what was delivered, retry what wasn't."""
+        async for event in stream.events():
+            alert = AlertEvent.from_json(orjson.loads(event.message.value))
+            raw = self.delivery_table.get(alert.thread)
+            state = DeliveryState.from_json(orjson.loads(raw)) if raw else None
+            if state is not None and state.delivered_seq >= alert.seq:
+                self.metrics.alerts.labels("duplicate").inc()
+                continue
+            if self._silenced(alert):
+                self.metrics.alerts.labels("silenced").inc()
+                state = self.delivery.skip(alert, state)
+            else:
+                state = self.delivery.begin(alert, state)
+                self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
+                await self.app.producer.flush()  # the in-doubt marker is durable before Slack is called
+                state = await self._deliver_with_retries(alert, state)
+            self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
+
+    async def _deliver_with_retries(self, alert: AlertEvent, state: DeliveryState) -> DeliveryState:
+        delay = 1.0
+        while True:
             try:
-                await self.notifier.send(group)
-                self.metrics.alerts.labels("sent").inc()
-            except Exception as exc:  # noqa: BLE001 - one failed alert must not stop the stream
-                self.metrics.alerts.labels("failed").inc()
-                log.error("alert delivery failed: %s", exc)
+                state = await self.delivery.deliver(alert, state)
+                self.metrics.alerts.labels("delivered").inc()
+                return state
+            except AlertDeliveryError as exc:
+                if not exc.retryable:
+                    self.metrics.alerts.labels("failed").inc()
+                    log.error("alert %s not delivered, giving up: %s", alert.id, exc)
+                    return self.delivery.skip(alert, state)
+                self.metrics.alerts.labels("retried").inc()
+                log.warning("alert %s not delivered yet (%s); retrying in %.0fs", alert.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _silenced(self, alert: AlertEvent) -> bool:
+        """True when every KPI of the alert is silenced right now (wall clock: silences are for people)."""
+        if self.silences is None or alert.kind == "resolved":
+            return False
+        now = int(time.time() * 1000)
+        return all(self.silences.is_silenced(alert.group, f.kpi, now) for f in alert.findings)
 
     # -- timer, web, rebalance -------------------------------------------------
 
@@ -264,6 +321,11 @@ class Pipeline:
                 self.stage1.pop(tp.partition, None)
             elif tp.topic == self.settings.partials_topic:
                 self.stage2.pop(tp.partition, None)
+                self.engines.pop(tp.partition, None)
+
+    async def _start_silences(self) -> None:
+        if self.silences is not None:
+            await self.silences.start()
 
     async def _start_web(self) -> None:
         port = self.plan.config.metrics_port

@@ -13,7 +13,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot, breakdown_name
-from kpi_core.targets import breaches
+from kpi_core.incidents import AlertEvent
 
 LabelValues = tuple[str, ...]
 
@@ -35,27 +35,30 @@ class KpiCollector:
         where = (snap.window, breakdown_name(snap.dims), *group)
         for name, value in snap.measures.items():
             self.measures[(name, *where)] = value
-        firing = {b.kpi for b in breaches(self.plan, snap)}
         for kpi, value in snap.kpis.items():
             labels = (kpi, *where)
             target_cfg = self.plan.config.targets.get(kpi)
             target = target_cfg.for_group(snap.group) if target_cfg else None
             if value is None:
                 self.values.pop(labels, None)
-                self.firing.pop(labels, None)
             else:
                 self.values[labels] = value
-                if target is not None:
-                    self.firing[labels] = 1.0 if kpi in firing else 0.0
             if target is not None:
                 self.targets[labels] = target
+                self.firing.setdefault(labels, 0.0)
+
+    def update_alert(self, alert: AlertEvent) -> None:
+        """Firing incidents are 1, everything else with a rule 0."""
+        group = tuple(alert.group.get(d, "") for d in self.dims)
+        for f in alert.findings:
+            self.firing[(f.kpi, alert.window, breakdown_name(alert.dims), *group)] = 1.0 if f.status == "firing" else 0.0
 
     def collect(self) -> Iterator[Metric]:
         where = ["window", "breakdown", *self.dims]
         families = (
             ("kpimon_kpi_value", "KPI value of the last closed window", "kpi", self.values),
             ("kpimon_kpi_target", "The KPI's configured target for this group", "kpi", self.targets),
-            ("kpimon_alert_firing", "1 when the last closed window breaches the target", "kpi", self.firing),
+            ("kpimon_alert_firing", "1 while an incident is firing for this KPI and group", "kpi", self.firing),
             ("kpimon_measure_value", "Raw windowed numerators and denominators, for correct roll-ups", "measure", self.measures),
         )
         for name, doc, first, data in families:
@@ -75,7 +78,8 @@ class Metrics:
         self.invalid = Counter("kpimon_events_invalid", "Events sent to the dead-letter topic, by reason", ["reason"], registry=r)
         self.late = Counter("kpimon_events_late", "Events later than the allowed lateness (sent to late-events)", registry=r)
         self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
-        self.alerts = Counter("kpimon_alerts", "Alert messages, by outcome", ["outcome"], registry=r)
+        self.alerts = Counter("kpimon_alerts", "Alert deliveries, by outcome", ["outcome"], registry=r)
+        self.alert_events = Counter("kpimon_alert_events", "Alert events written to the outbox, by kind", ["kind"], registry=r)
         self.kpis = KpiCollector(plan)
         r.register(self.kpis)
         ProcessCollector(registry=r)
@@ -83,3 +87,7 @@ class Metrics:
     def record_snapshot(self, snap: Snapshot) -> None:
         self.kpis.update(snap)
         self.snapshots.inc()
+
+    def record_alert(self, alert: AlertEvent) -> None:
+        self.kpis.update_alert(alert)
+        self.alert_events.labels(alert.kind).inc()

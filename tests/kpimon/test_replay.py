@@ -123,15 +123,16 @@ def test_historical_events_keep_their_windows_and_alerts_show(tmp_path: Path) ->
     rows = _replay(_write(tmp_path, events), "--config", str(config))
     snaps = [r["snapshot"] for r in rows if "snapshot" in r and r["snapshot"]["breakdown"] == "campaign"]
     assert [(s["start"], s["end"], s["kpis"]["ctr"]) for s in snaps] == [("2024-05-01T10:00:00Z", "2024-05-01T10:01:00Z", 0.01)]
-    alerts = [r["alert"] for r in rows if "alert" in r and r["alert"]["breakdown"] == "campaign"]
-    assert alerts == [
-        {
-            "kpi": "ctr", "value": 0.01, "target": 0.05, "direction": "higher", "unit": "percent",
-            "numerator": {"clicks": 1.0}, "denominator": {"impressions": 100.0}, "window": "1m",
-            "start": "2024-05-01T10:00:00Z", "end": "2024-05-01T10:01:00Z", "breakdown": "campaign",
-            "group": {"campaign": "spring"},
-        }
+    alerts = [r["alert"] for r in rows if "alert" in r and r["alert"]["dims"] == ["campaign"]]
+    assert [(a["id"], a["kind"], a["severity"], a["start"], a["group"]) for a in alerts] == [
+        ("1m|campaign|spring#1", "opened", "critical", T - 2 * 3_600_000, {"campaign": "spring"})
     ]
+    (finding,) = alerts[0]["findings"]
+    assert finding == {
+        "kpi": "ctr", "rule": "target", "severity": "critical", "value": 0.01, "threshold": 0.05, "target": 0.05,
+        "baseline": None, "direction": "higher", "unit": "percent", "numerator": 1.0, "numerator_name": "clicks",
+        "denominator": 100.0, "denominator_name": "impressions", "interval": None, "contributor": None, "status": "firing",
+    }
 
 
 def test_custom_funnel_step_declared_in_yaml(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ def topic_names(prefix: str) -> dict[str, Any]:
         "dead_letters": f"{prefix}-dead-letters",
         "late_events": f"{prefix}-late-events",
         "snapshots": f"{prefix}-kpi-snapshots",
+        "alerts": f"{prefix}-kpi-alerts",
+        "silences": f"{prefix}-silences",
         "partitions": 2,
     }
 

@@ -1,0 +1,410 @@
+"""Alert rules: from closed windows to incidents, and from incidents to thread events.
+
+For each closed window the engine asks, per KPI with a rule: is there enough
+volume to say anything; is the value (or, for proportions, its whole Wilson
+interval) past the static target or past the drift line below its baseline; how
+many windows in a row; and does a firing incident clear past the hysteresis line.
+Incident changes of one group become one ``AlertEvent`` for that group's thread.
+Everything runs on event time (window starts), so replay gives the same alerts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+
+from kpi_core.config import Target
+from kpi_core.incidents import AlertEvent, Contributor, Finding
+from kpi_core.plan import EVENTS, KpiPlan, Plan
+from kpi_core.results import Snapshot, breakdown_name
+
+WEEK_MS = 7 * 86_400_000
+NO_DATA = "no_data"
+
+Group = tuple[str, ...]
+
+
+def wilson(successes: float, trials: float, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: honest with small counts, unlike p ± z·se."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def is_proportion(plan: Plan, k: KpiPlan) -> bool:
+    """A ratio of two plain counts over events, e.g. clicks / impressions."""
+    if not k.kpi.ratio or k.kpi.scale != 1:
+        return False
+    measures = plan.config.measures
+    return all(measures[m].event and not measures[m].sum and not measures[m].distinct for m in k.kpi.ratio)
+
+
+def _bad_side(value: float, line: float, direction: str) -> bool:
+    return value < line if direction == "higher" else value > line
+
+
+@dataclass(slots=True)
+class Incident:
+    """One (KPI rule, window size, group)."""
+
+    status: str = "ok"  # ok, pending, firing
+    streak: int = 0  # consecutive breaching windows
+    severity: str = "warning"
+    resolved_at: int | None = None  # event time of the last resolve
+    notified_at: int = 0  # window start of the last notification
+    finding: dict[str, Any] | None = None  # the latest finding, for the thread's message
+
+
+@dataclass(slots=True)
+class Thread:
+    seq: int = 0
+    firing: list[str] | None = None  # KPI names with a firing incident
+
+    def __post_init__(self) -> None:
+        if self.firing is None:
+            self.firing = []
+
+
+@dataclass(slots=True)
+class Baseline:
+    """Trailing windows of one KPI of one group: (start, numerator, denominator, value)."""
+
+    rows: list[list[float]]
+    ewma: float | None = None
+
+
+class AlertEngine:
+    """Rule evaluation and incident state for the groups of one combine partition."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        cfg = plan.config
+        self.rules = {k.name: (k, cfg.targets[k.name]) for k in plan.kpis if k.name in cfg.targets}
+        self.proportions = {k.name for k in plan.kpis if is_proportion(plan, k)}
+        self.incidents: dict[tuple[Any, ...], Incident] = {}
+        self.threads: dict[tuple[Any, ...], Thread] = {}
+        self.baselines: dict[tuple[Any, ...], Baseline] = {}
+        self.active: dict[tuple[Any, ...], int] = {}  # no-data tracking: (wi, bi, group) -> last active start
+        self._dirty: set[tuple[Any, ...]] = set()
+        nd = cfg.alerting.no_data
+        self.no_data = nd
+        self._no_data_breakdowns = {i for i, b in enumerate(plan.breakdowns) if nd and list(b) in nd.breakdowns}
+
+    # -- evaluation ------------------------------------------------------------
+
+    def evaluate(self, wi: int, start: int, phase: str, snapshots: list[Snapshot]) -> list[AlertEvent]:
+        """All thread events caused by one closed window (of one phase) of this partition."""
+        changed: dict[tuple[Any, ...], dict[str, str]] = {}  # thread -> kpi -> what happened
+        contexts: dict[tuple[Any, ...], Snapshot] = {}
+        for snap in snapshots:
+            bi = self.plan.breakdowns.index(snap.dims)
+            group = tuple(snap.group[d] for d in snap.dims)
+            tkey = (wi, bi, group)
+            for kpi, value in snap.kpis.items():
+                if kpi not in self.rules:
+                    continue
+                what = self._evaluate_kpi(kpi, wi, bi, group, snap, snapshots)
+                if what:
+                    changed.setdefault(tkey, {})[kpi] = what
+                    contexts[tkey] = snap
+        if phase == EVENTS and self.no_data:
+            self._no_data(wi, start, snapshots, changed, contexts)
+        events = []
+        for tkey, what in changed.items():
+            event = self._thread_event(tkey, what, contexts[tkey])
+            if event:
+                events.append(event)
+        return events
+
+    def _evaluate_kpi(self, kpi: str, wi: int, bi: int, group: Group, snap: Snapshot, batch: list[Snapshot]) -> str | None:
+        k, target = self.rules[kpi]
+        rule = target.rule_for(snap.group)
+        value = snap.kpis[kpi]
+        num, num_name, den, den_name = k.volume(snap.measures, snap.previous)
+        baseline = self._baseline(kpi, wi, bi, group, rule, snap.start)
+        ikey = (kpi, wi, bi, group)
+        inc = self.incidents.get(ikey) or Incident()
+        if value is None or den < rule.min_denominator or num < rule.min_numerator:
+            return None  # not enough volume to say anything: no change either way
+        direction = k.kpi.direction
+        lines = []
+        if rule.value is not None:
+            lines.append(("target", rule.value))
+        if rule.drift and baseline is not None:
+            factor = 1 - rule.drift.change if direction == "higher" else 1 + rule.drift.change
+            lines.append(("drift", baseline * factor))
+        interval = None
+        if rule.confidence and kpi in self.proportions and den > 0:
+            interval = wilson(num, den, rule.confidence)
+        breached = []
+        for name, line in lines:
+            # With a confidence level, the whole interval must lie on the bad side.
+            probe = (interval[1] if direction == "higher" else interval[0]) if interval else value
+            if _bad_side(probe, line, direction):
+                breached.append((abs(value - line) / abs(line) if line else math.inf, name, line))
+        finding = None
+        if breached:
+            size, rule_name, line = max(breached)
+            severity = "critical" if size >= rule.critical else "warning"
+            finding = Finding(
+                kpi=kpi, rule=rule_name, severity=severity, value=value, threshold=line, target=rule.value,
+                baseline=baseline, direction=direction, unit=k.kpi.unit, numerator=num, numerator_name=num_name,
+                denominator=den, denominator_name=den_name, interval=interval,
+                contributor=self._contributor(k, snap, batch, baseline if rule_name == "drift" else line),
+            )
+        what = self._step(ikey, inc, rule, finding, value, lines, snap, baseline, interval)
+        if inc.status == "ok":
+            # Only healthy windows feed the baseline, or a lasting drop would become the new normal.
+            self._remember(kpi, wi, bi, group, rule, snap.start, num, den, value)
+        return what
+
+    def _step(self, ikey: tuple[Any, ...], inc: Incident, rule: Target, finding: Finding | None, value: float,
+              lines: list[tuple[str, float]], snap: Snapshot, baseline: float | None, interval: Any) -> str | None:
+        """Advance one incident's state machine; return what changed ("opened", "escalated", ...)."""
+        direction = self.rules[ikey[0]][0].kpi.direction
+        what = None
+        if inc.status == "firing":
+            if finding:
+                inc.streak += 1
+                if finding.severity != inc.severity:
+                    what = "escalated" if finding.severity == "critical" else "eased"
+                    inc.severity = finding.severity
+                elif rule.renotify and snap.start - inc.notified_at >= rule.renotify:
+                    what = "reminder"
+                inc.finding = asdict(finding)
+            else:
+                # Hysteresis: resolve only once past the clear line, not merely back over the target.
+                clear_lines = [rule.clear if name == "target" and rule.clear is not None else line for name, line in lines]
+                if all(not _bad_side(value, line, direction) for line in clear_lines):
+                    inc.status, inc.streak, inc.resolved_at = "ok", 0, snap.end
+                    if inc.finding:
+                        inc.finding.update(status="resolved", value=value, baseline=baseline, interval=interval)
+                    what = "resolved"
+        elif finding:
+            inc.streak += 1
+            cooling = inc.resolved_at is not None and snap.end - inc.resolved_at < rule.cooldown
+            inc.finding = asdict(finding)
+            if inc.streak >= rule.for_windows and not cooling:
+                inc.status, inc.severity, inc.notified_at = "firing", finding.severity, snap.start
+                what = "opened"
+            else:
+                inc.status = "pending"
+        else:
+            inc.status, inc.streak = "ok", 0
+        self.incidents[ikey] = inc
+        self._dirty.add(("i", *ikey))
+        return what
+
+    def _thread_event(self, tkey: tuple[Any, ...], what: dict[str, str], snap: Snapshot) -> AlertEvent | None:
+        thread = self.threads.get(tkey) or Thread()
+        wi, bi, group = tkey
+        before = list(thread.firing or [])
+        firing = sorted({k for k in before if what.get(k) != "resolved"} | {k for k, w in what.items() if w == "opened"})
+        resolved = [k for k in before if what.get(k) == "resolved"]
+        if not before and not firing:
+            return None  # pending incidents, or resolves of nothing
+        if not before:
+            kind = "opened"
+        elif not firing:
+            kind = "resolved"
+        elif firing != before or any(w in ("escalated", "eased") for w in what.values()):
+            kind = "updated"
+        elif any(w == "reminder" for w in what.values()):
+            kind = "reminder"
+        else:
+            return None
+        thread.seq += 1
+        thread.firing = firing
+        self.threads[tkey] = thread
+        self._dirty.add(("t", *tkey))
+        for k in firing:
+            if k in what and what[k] in ("opened", "reminder", "escalated"):
+                self._touch(k, wi, bi, group, snap.start)
+        findings = [Finding.from_json(self._incident(k, wi, bi, group).finding or {}) for k in [*firing, *resolved]]
+        severities = [f.severity for f in findings if f.status == "firing"] or [f.severity for f in findings]
+        channel, mention = self._route(snap.group, [f.kpi for f in findings])
+        return AlertEvent(
+            thread="|".join([self.plan.windows[wi].name, breakdown_name(snap.dims), *group]),
+            seq=thread.seq, kind=kind, window=snap.window, start=snap.start, end=snap.end, dims=snap.dims,
+            group=dict(snap.group), severity="critical" if "critical" in severities else "warning",
+            findings=findings, channel=channel, mention=mention, grafana_url=self._grafana(snap),
+        )
+
+    def _incident(self, kpi: str, wi: int, bi: int, group: Group) -> Incident:
+        return self.incidents[(kpi, wi, bi, group)]
+
+    def _touch(self, kpi: str, wi: int, bi: int, group: Group, start: int) -> None:
+        self._incident(kpi, wi, bi, group).notified_at = start
+        self._dirty.add(("i", kpi, wi, bi, group))
+
+    # -- baselines -------------------------------------------------------------
+
+    def _baseline(self, kpi: str, wi: int, bi: int, group: Group, rule: Target, start: int) -> float | None:
+        drift = rule.drift
+        b = self.baselines.get((kpi, wi, bi, group))
+        if drift is None or b is None:
+            return None
+        if drift.baseline == "week":
+            row = next((r for r in b.rows if r[0] == start - WEEK_MS), None)
+            return None if row is None else row[3]
+        if drift.method == "ewma":
+            return b.ewma
+        rows = [r for r in b.rows if r[0] < start][-drift.windows :]
+        if len(rows) < drift.windows:
+            return None  # not enough history to call anything a drift
+        if self.rules[kpi][0].kpi.ratio:
+            den = sum(r[2] for r in rows)
+            return sum(r[1] for r in rows) / den * self.rules[kpi][0].kpi.scale if den else None
+        return sum(r[3] for r in rows) / len(rows)
+
+    def _remember(self, kpi: str, wi: int, bi: int, group: Group, rule: Target, start: int,
+                  num: float, den: float, value: float | None) -> None:
+        drift = rule.drift
+        if drift is None or value is None:
+            return
+        key = (kpi, wi, bi, group)
+        b = self.baselines.get(key) or Baseline([])
+        b.rows.append([start, num, den, value])
+        keep_from = start - WEEK_MS if drift.baseline == "week" else None
+        b.rows = [r for r in b.rows if r[0] >= keep_from] if keep_from is not None else b.rows[-drift.windows :]
+        b.ewma = value if b.ewma is None else drift.alpha * value + (1 - drift.alpha) * b.ewma
+        self.baselines[key] = b
+        self._dirty.add(("b", *key))
+
+    # -- contributors, routes, links -------------------------------------------
+
+    def _contributor(self, k: KpiPlan, snap: Snapshot, batch: list[Snapshot], ref: float | None) -> Contributor | None:
+        """The sub-group (one dimension finer) that pulled the KPI furthest to its bad side."""
+        if ref is None:
+            return None
+        parent = set(snap.dims)
+        _, _, parent_den, _ = k.volume(snap.measures, snap.previous)
+        best: Contributor | None = None
+        for sub in batch:
+            extra = set(sub.dims) - parent
+            if len(extra) != 1 or not parent <= set(sub.dims) or any(sub.group[d] != snap.group[d] for d in parent):
+                continue
+            value = sub.kpis.get(k.name)
+            if value is None:
+                continue
+            _, _, den, _ = k.volume(sub.measures, sub.previous)
+            bad = (ref - value) if k.kpi.direction == "higher" else (value - ref)
+            impact = bad * den
+            if impact > 0 and (best is None or impact > best.impact):
+                dim = extra.pop()
+                best = Contributor(dim, sub.group[dim], value, den / parent_den if parent_den else 0.0, impact)
+        return best
+
+    def _route(self, group: dict[str, str], kpis: list[str]) -> tuple[str | None, str | None]:
+        for route in self.plan.config.alerting.routes:
+            ok = True
+            for dim, pattern in route.match.items():
+                values = kpis if dim == "kpi" else [group.get(dim)]
+                if not any(v is not None and fnmatch.fnmatchcase(v, pattern) for v in values):
+                    ok = False
+                    break
+            if ok:
+                return route.channel, route.mention
+        return self.plan.config.alerting.default_channel, None
+
+    def _grafana(self, snap: Snapshot) -> str | None:
+        base = self.plan.config.alerting.grafana_url
+        if not base:
+            return None
+        params = {"var-window": snap.window, **{f"var-{d}": v for d, v in snap.group.items()}, "from": snap.start - 12 * (snap.end - snap.start), "to": snap.end}
+        return f"{base}{'&' if '?' in base else '?'}{urlencode(params)}"
+
+    # -- no data ---------------------------------------------------------------
+
+    def _no_data(self, wi: int, start: int, snapshots: list[Snapshot], changed: dict[tuple[Any, ...], dict[str, str]],
+                 contexts: dict[tuple[Any, ...], Snapshot]) -> None:
+        nd = self.no_data
+        assert nd is not None
+        window = self.plan.windows[wi]
+        step = window.step or window.size
+        seen: set[tuple[Any, ...]] = set()
+        for snap in snapshots:
+            bi = self.plan.breakdowns.index(snap.dims)
+            if bi not in self._no_data_breakdowns:
+                continue
+            group = tuple(snap.group[d] for d in snap.dims)
+            if any(snap.measures.get(m, 0) > 0 for m in nd.measures):
+                key = (wi, bi, group)
+                seen.add(key)
+                self.active[key] = start
+                self._dirty.add(("n", *key))
+                inc = self.incidents.get((NO_DATA, wi, bi, group))
+                if inc and inc.status == "firing":
+                    inc.status, inc.resolved_at = "ok", snap.end
+                    if inc.finding:
+                        inc.finding.update(status="resolved")
+                    self._dirty.add(("i", NO_DATA, wi, bi, group))
+                    changed.setdefault(key, {})[NO_DATA] = "resolved"
+                    contexts[key] = snap
+        for key, last in list(self.active.items()):
+            if key[0] != wi or key in seen or start - last < nd.windows * step:
+                continue
+            _, bi, group = key
+            ikey = (NO_DATA, wi, bi, group)
+            inc = self.incidents.get(ikey) or Incident()
+            if inc.status == "firing":
+                continue
+            dims = self.plan.breakdowns[bi]
+            snap = Snapshot(window.name, start, start + window.size, dims, dict(zip(dims, group)), EVENTS, {}, {})
+            names = "/".join(nd.measures)
+            finding = Finding(
+                kpi=NO_DATA, rule=NO_DATA, severity="critical", value=0.0, threshold=None, target=None, baseline=None,
+                direction="higher", unit="count", numerator=0.0, numerator_name=names, denominator=float(nd.windows),
+                denominator_name="windows", interval=None, contributor=None,
+            )
+            inc.status, inc.severity, inc.notified_at, inc.finding = "firing", "critical", start, asdict(finding)
+            self.incidents[ikey] = inc
+            self._dirty.add(("i", *ikey))
+            changed.setdefault(key, {})[NO_DATA] = "opened"
+            contexts[key] = snap
+
+    # -- persistence -----------------------------------------------------------
+
+    def changes(self) -> tuple[dict[str, Any], set[str]]:
+        upserts = {orjson.dumps(k).decode(): self._value(k) for k in self._dirty}
+        self._dirty = set()
+        return upserts, set()
+
+    def _value(self, key: tuple[Any, ...]) -> Any:
+        kind, rest = key[0], key[1:]
+        if kind == "i":
+            return asdict(self.incidents[rest])
+        if kind == "t":
+            return asdict(self.threads[rest])
+        if kind == "b":
+            return asdict(self.baselines[rest])
+        return self.active[rest]
+
+    def load(self, key: str, value: Any) -> None:
+        parts = orjson.loads(key)
+        kind = parts[0]
+        if kind == "i":
+            kpi, wi, bi, group = parts[1:]
+            self.incidents[(kpi, wi, bi, tuple(group))] = Incident(**value)
+        elif kind == "t":
+            wi, bi, group = parts[1:]
+            self.threads[(wi, bi, tuple(group))] = Thread(**value)
+        elif kind == "b":
+            kpi, wi, bi, group = parts[1:]
+            self.baselines[(kpi, wi, bi, tuple(group))] = Baseline(**value)
+        else:
+            wi, bi, group = parts[1:]
+            self.active[(wi, bi, tuple(group))] = value
+
+    def firing(self) -> dict[tuple[Any, ...], Incident]:
+        """Incidents currently firing, for the ``kpimon_alert_firing`` gauge."""
+        return {k: v for k, v in self.incidents.items() if v.status == "firing"}
