@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from kpi_core.incidents import AlertEvent, Finding
 from kpi_core.results import Breach, format_value, iso
 
 # Slack's limits: https://api.slack.com/reference/block-kit/blocks
@@ -71,9 +73,13 @@ def _section(text: str) -> dict[str, Any]:
 
 def _with_time_range(url: str, breaches: list[Breach]) -> str:
     """The dashboard URL with Grafana's ``from``/``to`` set to the breached windows."""
+    return _time_range(url, min(b.start for b in breaches), max(b.end for b in breaches))
+
+
+def _time_range(url: str, start: int, end: int) -> str:
     parts = urlsplit(url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in ("from", "to")]
-    query += [("from", str(min(b.start for b in breaches))), ("to", str(max(b.end for b in breaches)))]
+    query += [("from", str(start)), ("to", str(end))]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -84,3 +90,174 @@ def _escape(text: str) -> str:
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- incident threads ----------------------------------------------------------
+
+_ICONS = {"critical": "🔴", "warning": "🟠"}
+_RESOLVED_ICON = "✅"
+_RULES = {"target": "target", "drift": "drift", "no_data": "no data"}
+
+
+def render_event(
+    event: AlertEvent, *, change: str | None = None, grafana_url: str | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """The fallback text and Block Kit blocks of a thread's message, showing its current state.
+
+    ``change`` (a ``render_update`` text) is for destinations that cannot edit a message,
+    such as webhooks: it marks the message as an update and says what changed.
+    ``grafana_url`` is the dashboard to link when the event carries no link of its own.
+    """
+    if not event.findings:
+        raise ValueError("an alert event needs at least one finding")
+    title = _event_title(event)
+    if change is not None:
+        title = f"{'REMINDER' if event.kind == 'reminder' else 'UPDATE'} · {title}"
+    findings = [_finding_facts(f, event) for f in event.findings]
+
+    top = [event.mention] if event.mention else []  # a mention is meant to ping: not escaped
+    if change is not None:
+        top.append(change)
+    lines = [" · ".join([f"{icon} {name} {verdict}", *details]) for icon, name, verdict, details in findings]
+    text = "\n".join([*top, _escape(title), *lines])
+
+    # The header and the context block take two, the mention and the change one each.
+    shown = findings[: MAX_BLOCKS - 2 - len(top)]
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER_CHARS)}}]
+    blocks += [_section(line) for line in top]
+    blocks += [_section("\n".join([f"{icon} *{name}* {verdict}", *details])) for icon, name, verdict, details in shown]
+    notes = []
+    if len(findings) > len(shown):
+        notes.append(f"…and {len(findings) - len(shown)} more KPIs not shown")
+    link = event.grafana_url or (grafana_url and _time_range(grafana_url, event.start, event.end))
+    if link:
+        notes.append(f"<{_escape(link)}|Open in Grafana>")
+    if notes:
+        context = {"type": "mrkdwn", "text": _clip(" · ".join(notes), MAX_SECTION_CHARS)}
+        blocks.append({"type": "context", "elements": [context]})
+    return _clip(text, MAX_TEXT_CHARS), blocks
+
+
+def render_update(
+    event: AlertEvent, *, previous_severity: str | None = None, previously_firing: Collection[str] | None = None
+) -> str:
+    """The short thread reply for one change, e.g. ``Escalated to critical`` or ``Resolved: ctr back to 3.10% (target 2.00%)``.
+
+    ``previous_severity`` and ``previously_firing`` (KPI names) are what the thread showed
+    before; without them an update can only say what is resolved and what is still firing.
+    """
+    firing = [f for f in event.findings if f.status == "firing"]
+    resolved = [f for f in event.findings if f.status == "resolved"]
+    if event.kind == "opened":
+        return "Opened: " + "; ".join(_short(f, event) for f in firing or event.findings)
+    if event.kind == "resolved":
+        return "Resolved: " + "; ".join(_short(f, event) for f in resolved or event.findings)
+    if event.kind == "reminder":
+        return "Still firing: " + "; ".join(_short(f, event) for f in firing or event.findings)
+    lines = []
+    if previous_severity and previous_severity != event.severity:
+        which = "; ".join(_short(f, event) for f in firing if f.severity == event.severity)
+        change = "Escalated to critical" if event.severity == "critical" else "Eased to warning"
+        lines.append(f"{change}: {which}" if which else change)
+    if previously_firing is not None:
+        new = [f for f in firing if f.kpi not in previously_firing]
+        if new:
+            lines.append("New: " + "; ".join(_short(f, event) for f in new))
+    if resolved:
+        lines.append("Resolved: " + "; ".join(_short(f, event) for f in resolved))
+    if not lines or (previously_firing is None and firing):
+        lines.append("Still firing: " + "; ".join(_short(f, event) for f in firing))
+    return _clip("\n".join(lines), MAX_TEXT_CHARS)
+
+
+def _event_title(event: AlertEvent) -> str:
+    """``🔴 CRITICAL · campaign=spring-sale · 2 KPIs breaching``, or ``✅ RESOLVED · …``."""
+    group = _group_label(event.dims, event.group)
+    if event.kind == "resolved":
+        n = len(event.findings)
+        return f"{_RESOLVED_ICON} RESOLVED · {group} · {_count(n)} back to normal"
+    firing = [f for f in event.findings if f.status == "firing"]
+    if firing and all(f.rule == "no_data" for f in firing):
+        what = "no data"
+    else:
+        what = f"{_count(len(firing))} breaching"
+    return f"{_ICONS.get(event.severity, '🔴')} {event.severity.upper()} · {group} · {what}"
+
+
+def _count(n: int) -> str:
+    return "1 KPI" if n == 1 else f"{n} KPIs"
+
+
+def _finding_facts(f: Finding, event: AlertEvent) -> tuple[str, str, str, list[str]]:
+    """Icon, KPI name, verdict and detail lines of one finding, escaped for mrkdwn."""
+    icon = _RESOLVED_ICON if f.status == "resolved" else _ICONS.get(f.severity, "🔴")
+    details = []
+    # A resolved finding keeps the volume of the window that fired it: not shown, as it would mislead.
+    if f.rule != "no_data" and f.status == "firing":
+        volume = [f"{_amount(f.numerator)} {f.numerator_name} / {_amount(f.denominator)} {f.denominator_name}"]
+        if f.interval is not None:
+            volume.append(f"CI {format_value(f.interval[0], f.unit)}–{format_value(f.interval[1], f.unit)}")
+        details.append(" · ".join(volume))
+    c = f.contributor
+    if c is not None and f.status == "firing":
+        about = [f"{c.share * 100:.0f}% of {f.denominator_name}"]
+        if c.kpi_value is not None:
+            about.append(f"{f.kpi} {format_value(c.kpi_value, f.unit)}")
+        details.append(f"driven by {c.dimension}={c.value} ({', '.join(about)})")
+    window = f"{event.window} {iso(event.start)}–{iso(event.end)}"
+    details.append(f"rule: {_RULES.get(f.rule, f.rule)} · window {window}")
+    return icon, _escape(_name(f)), _escape(_verdict(f)), [_escape(d) for d in details]
+
+
+def _name(f: Finding) -> str:
+    return "no data:" if f.rule == "no_data" else f.kpi
+
+
+def _verdict(f: Finding) -> str:
+    """``0.42% is below target 2.00% (baseline 4.10%)``, ``back to 3.10% (target 2.00%)``, or the no-data case."""
+    if f.rule == "no_data":
+        if f.status == "resolved":
+            return f"{f.numerator_name} arriving again"
+        if f.denominator_name == "windows":
+            return f"no {f.numerator_name} in the last {_amount(f.denominator)} windows"
+        return f"no {f.numerator_name}"
+    name, line = _line(f)
+    refs = []
+    if f.baseline is not None:
+        refs.append(f"baseline {format_value(f.baseline, f.unit)}")
+    if f.target is not None and name != "target":
+        refs.append(f"target {format_value(f.target, f.unit)}")
+    if f.value is None:
+        verdict = "has no value"
+    elif f.status == "resolved":
+        if line is not None:
+            refs.insert(0, f"{name} {format_value(line, f.unit)}")
+        return f"back to {format_value(f.value, f.unit)}" + (f" ({', '.join(refs)})" if refs else "")
+    elif line is None:
+        verdict = format_value(f.value, f.unit)
+    else:
+        verdict = f"{format_value(f.value, f.unit)} is {_side(f)} {name} {format_value(line, f.unit)}"
+    return verdict + (f" ({', '.join(refs)})" if refs else "")
+
+
+def _short(f: Finding, event: AlertEvent) -> str:
+    """One finding in a thread reply: ``ctr 0.42% below target 2.00%``, ``ctr back to 3.10% (target 2.00%)``."""
+    if f.rule == "no_data":
+        return _escape(_verdict(f))
+    name, line = _line(f)
+    if f.status == "resolved" or f.value is None or line is None:
+        return _escape(f"{f.kpi} {_verdict(f)}")
+    return _escape(f"{f.kpi} {format_value(f.value, f.unit)} {_side(f)} {name} {format_value(line, f.unit)}")
+
+
+def _line(f: Finding) -> tuple[str, float | None]:
+    """The line a finding is judged against, and what to call it."""
+    if f.rule == "target":
+        return "target", f.threshold if f.threshold is not None else f.target
+    if f.threshold is not None:
+        return "drift threshold", f.threshold
+    return "target", f.target
+
+
+def _side(f: Finding) -> str:
+    return "below" if f.direction == "higher" else "above"

@@ -7,12 +7,16 @@ carry the token or the webhook URL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
 
+import aiohttp
+from aiohttp import ClientConnectorError
 from pydantic import SecretStr
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -42,6 +46,8 @@ _sdk_log.setLevel(logging.INFO)
 
 _ERROR_CODE = re.compile(r"[a-z0-9_.]{1,64}")  # the shape of Slack's error codes; nothing else is echoed
 _RETRYABLE_5XX = frozenset({500, 502, 503, 504})
+# Slack's codes for its own trouble, sometimes sent with HTTP 200: worth trying again later.
+_RETRYABLE_CODES = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 
 
 class _ServerErrorRetryHandler(AsyncServerErrorRetryHandler):
@@ -71,19 +77,9 @@ class SlackBotNotifier:
         retry_interval: RetryIntervalCalculator | None = None,
         grafana_url: str | None = None,
     ) -> None:
-        interval = retry_interval or BackoffRetryIntervalCalculator()
         self._channel = channel
         self._grafana_url = grafana_url
-        self._client = AsyncWebClient(
-            token=token.get_secret_value(),
-            base_url=api_url if api_url.endswith("/") else api_url + "/",
-            logger=_sdk_log,
-            retry_handlers=[
-                AsyncConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
-                AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),  # waits for Retry-After
-                _ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
-            ],
-        )
+        self._client = web_client(token=token, api_url=api_url, max_retries=max_retries, retry_interval=retry_interval)
 
     async def send(self, breaches: list[Breach]) -> None:
         """Post one message about these breaches."""
@@ -92,14 +88,8 @@ class SlackBotNotifier:
         text, blocks = render(breaches, grafana_url=self._grafana_url)
         try:
             response = await self._client.chat_postMessage(channel=self._channel, text=text, blocks=blocks)
-        except SlackApiError as err:
-            data = err.response.data
-            code = data.get("error") if isinstance(data, dict) else None
-            failure = _failure(err.response.status_code, code)
-            raise AlertDeliveryError(f"Slack chat.postMessage failed: {failure}") from None
         except Exception as err:
-            # aiohttp's and slack-sdk's messages may embed URLs, so only the type is kept.
-            raise AlertDeliveryError(f"Slack chat.postMessage failed: {type(err).__name__}") from None
+            raise delivery_error("chat.postMessage", err) from None
         log.info("Alert posted to Slack channel %s (ts %s)", self._channel, response.get("ts"))
 
     async def close(self) -> None:
@@ -117,8 +107,32 @@ class SlackWebhookNotifier:
         retry_interval: RetryIntervalCalculator | None = None,
         grafana_url: str | None = None,
     ) -> None:
-        interval = retry_interval or BackoffRetryIntervalCalculator()
         self._grafana_url = grafana_url
+        self._poster = WebhookPoster(url=url, max_retries=max_retries, retry_interval=retry_interval)
+
+    async def send(self, breaches: list[Breach]) -> None:
+        """Post one message about these breaches."""
+        if not breaches:
+            return
+        text, blocks = render(breaches, grafana_url=self._grafana_url)
+        await self._poster.post(text=text, blocks=blocks)
+        log.info("Alert posted to the Slack incoming webhook")
+
+    async def close(self) -> None:
+        """Nothing to release: slack-sdk opens a session per call."""
+
+
+class WebhookPoster:
+    """Posts one message to an incoming webhook, retrying 429, 5xx and connection errors."""
+
+    def __init__(
+        self,
+        *,
+        url: SecretStr,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_interval: RetryIntervalCalculator | None = None,
+    ) -> None:
+        interval = retry_interval or BackoffRetryIntervalCalculator()
         self._client = AsyncWebhookClient(
             url=url.get_secret_value(),
             logger=_sdk_log,
@@ -129,19 +143,20 @@ class SlackWebhookNotifier:
         )
         self._server_errors = _ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval)
 
-    async def send(self, breaches: list[Breach]) -> None:
-        """Post one message about these breaches."""
-        if not breaches:
-            return
-        text, blocks = render(breaches, grafana_url=self._grafana_url)
+    async def post(self, *, text: str, blocks: list[dict[str, Any]]) -> None:
+        """Post, or raise ``AlertDeliveryError`` (``retryable`` for 429, 5xx and connection errors)."""
         try:
             response = await self._post(text=text, blocks=blocks)
         except Exception as err:
             # aiohttp's messages may embed the webhook URL, so only the type is kept.
-            raise AlertDeliveryError(f"Slack incoming webhook failed: {type(err).__name__}") from None
+            raise AlertDeliveryError(
+                f"Slack incoming webhook failed: {type(err).__name__}", retryable=_is_connection_error(err)
+            ) from None
         if response.status_code != 200:
-            raise AlertDeliveryError(f"Slack incoming webhook failed: {_failure(response.status_code, response.body)}")
-        log.info("Alert posted to the Slack incoming webhook")
+            raise AlertDeliveryError(
+                f"Slack incoming webhook failed: {_failure(response.status_code, response.body)}",
+                retryable=_retryable_status(response.status_code),
+            )
 
     async def _post(self, *, text: str, blocks: list[dict[str, Any]]) -> WebhookResponse:
         # slack-sdk's webhook client consults its retry handlers only on 429 and connection
@@ -155,8 +170,61 @@ class SlackWebhookNotifier:
                 return response
             await self._server_errors.prepare_for_next_attempt_async(state=state, request=request, response=answer)
 
-    async def close(self) -> None:
-        """Nothing to release: slack-sdk opens a session per call."""
+
+def web_client(
+    *,
+    token: SecretStr,
+    api_url: str,
+    max_retries: int,
+    retry_interval: RetryIntervalCalculator | None = None,
+    retry_server_errors: bool = True,
+) -> AsyncWebClient:
+    """slack-sdk's Web API client with async retry handlers: connection errors, 429 (after Retry-After), 5xx.
+
+    ``retry_server_errors=False`` is for calls that must not be repeated blindly, such as
+    posting a message: a 5xx or a dropped connection may come after Slack posted it.
+    Connections that never opened and 429s are still retried, as Slack did nothing.
+    """
+    interval = retry_interval or BackoffRetryIntervalCalculator()
+    if retry_server_errors:
+        connection = AsyncConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval)
+    else:
+        connection = AsyncConnectionErrorRetryHandler(
+            max_retry_count=max_retries, interval_calculator=interval, error_types=[ClientConnectorError]
+        )
+    handlers: list[AsyncRetryHandler] = [
+        connection,
+        AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),  # waits for Retry-After
+    ]
+    if retry_server_errors:
+        handlers.append(_ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval))
+    return AsyncWebClient(
+        token=token.get_secret_value(),
+        base_url=api_url if api_url.endswith("/") else api_url + "/",
+        logger=_sdk_log,
+        retry_handlers=handlers,
+    )
+
+
+def delivery_error(method: str, err: BaseException) -> AlertDeliveryError:
+    """A Web API call's failure as an ``AlertDeliveryError``: status and Slack's code only, and whether to retry."""
+    if isinstance(err, SlackApiError):
+        data = err.response.data
+        code = data.get("error") if isinstance(data, dict) else None
+        status = err.response.status_code
+        retryable = _retryable_status(status) or code in _RETRYABLE_CODES
+        return AlertDeliveryError(f"Slack {method} failed: {_failure(status, code)}", retryable=retryable)
+    # aiohttp's and slack-sdk's messages may embed URLs, so only the type is kept.
+    return AlertDeliveryError(f"Slack {method} failed: {type(err).__name__}", retryable=_is_connection_error(err))
+
+
+def _retryable_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    """Network trouble (worth retrying later), as opposed to a bug or a refusal."""
+    return isinstance(err, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
 
 
 def _failure(status: int, code: str | None) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import orjson
 
 from kpi_core.plan import EVENTS, SESSIONS, Plan
+from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
 #: An event as carried between stages: (source, source offset, type, ts, data).
@@ -90,10 +91,6 @@ class SessionGroup:
         self.m = m
 
 
-def _key(*parts: Any) -> str:
-    return orjson.dumps(parts).decode()
-
-
 class PartitionAggregator:
     """Stage-1 state of one partition: open windows, sessions and the watermark."""
 
@@ -103,6 +100,7 @@ class PartitionAggregator:
         self.sessions: dict[tuple[str, str], SessionGroup] = {}
         self.watermark = Watermark(idle_ms)
         self.horizon = NEVER  # everything that ends at or before this is closed
+        self.applied: dict[str, int] = {}  # source -> highest offset seen, stored with the watermark
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
         self._windows = [(w.size, w.step) for w in plan.windows]
@@ -114,8 +112,13 @@ class PartitionAggregator:
         """Absorb events into their windows; return the ones too late to count."""
         late: list[Routed] = []
         plan, horizon = self.plan, self.horizon
+        applied = self.applied
         for ev in events:
             src, off, etype, ts, data = ev
+            if off <= applied.get(src, -1):
+                continue  # stored before a crash: counted, or reported late, already
+            applied[src] = off
+            self._dirty.add(("w",))
             is_late = False
             feeds_measures = etype in plan.feeds
             groups = plan.groups(data) if feeds_measures else ()
@@ -138,7 +141,7 @@ class PartitionAggregator:
                         if plan.add(cell.v, etype, data):
                             cell.m[src] = off
                             self._dirty.add(("c", wi, start, g[0], g[1]))
-            if etype == "pageview" and plan.needs_sessions and ts > horizon:
+            if etype == "pageview" and plan.needs_sessions and not is_late:
                 self._track_session(src, off, ts, data)
             if is_late:
                 late.append(ev)
@@ -269,17 +272,18 @@ class PartitionAggregator:
 
     # -- persistence -----------------------------------------------------------
 
-    def changes(self) -> tuple[dict[str, Any], set[str]]:
-        """State written since the last call: values to store by key, and keys to delete."""
-        upserts = {_key(*key): self._value(key) for key in self._dirty}
-        deleted = {_key(*key) for key in self._deleted - self._dirty}
-        self._dirty, self._deleted = set(), set()
-        return upserts, deleted
+    def changes(self) -> list[Change]:
+        """State written since the last call, in the order to store it (value None deletes).
+
+        The watermark entry, which carries ``applied``, comes last: when it is stored,
+        everything it vouches for is stored too (a changelog partition keeps order).
+        """
+        return drain(self._dirty, self._deleted, self._value, last=("w",))
 
     def _value(self, parts: tuple[Any, ...]) -> Any:
         kind = parts[0]
         if kind == "w":
-            return {"latest": self.watermark.latest, "horizon": self.horizon}
+            return {"latest": self.watermark.latest, "horizon": self.horizon, "applied": self.applied}
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
@@ -296,6 +300,8 @@ class PartitionAggregator:
             for src, ts in value["latest"].items():
                 self.watermark.observe(src, ts, None)
             self.horizon = max(self.horizon, value["horizon"])
+            for src, off in value.get("applied", {}).items():
+                self.applied[src] = max(off, self.applied.get(src, -1))
         elif kind == "c":
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])

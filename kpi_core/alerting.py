@@ -23,6 +23,7 @@ from kpi_core.config import Target
 from kpi_core.incidents import AlertEvent, Contributor, Finding
 from kpi_core.plan import EVENTS, KpiPlan, Plan
 from kpi_core.results import Snapshot, breakdown_name
+from kpi_core.state import Change, drain
 
 WEEK_MS = 7 * 86_400_000
 NO_DATA = "no_data"
@@ -374,10 +375,9 @@ class AlertEngine:
 
     # -- persistence -----------------------------------------------------------
 
-    def changes(self) -> tuple[dict[str, Any], set[str]]:
-        upserts = {orjson.dumps(k).decode(): self._value(k) for k in self._dirty}
-        self._dirty = set()
-        return upserts, set()
+    def changes(self) -> list[Change]:
+        """State written since the last call (value None deletes)."""
+        return drain(self._dirty, set(), self._value)
 
     def _value(self, key: tuple[Any, ...]) -> Any:
         kind, rest = key[0], key[1:]

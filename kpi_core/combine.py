@@ -17,6 +17,7 @@ import orjson
 from kpi_core.aggregate import NEVER, Partial
 from kpi_core.plan import EVENTS, Plan
 from kpi_core.results import Snapshot
+from kpi_core.state import Change, drain
 
 
 @dataclass(slots=True)
@@ -53,8 +54,14 @@ class Combiner:
     def receive(self, source: int, horizon: int, partials: Iterable[Partial]) -> None:
         """Merge one stage-1 partition's report."""
         merged_now: set[tuple[int, int, str]] = set()
+        # Everything that ended by the lowest horizon was finalized already (finalize
+        # runs after every report): a partial for it is a redelivery after a crash.
+        done = min(self.horizons.values()) if len(self.horizons) >= self.n_sources else NEVER
+        plan = self.plan
         for p in partials:
             wkey = (p.window, p.start, p.phase)
+            if p.start + plan.windows[p.window].size + plan.delay(p.phase) <= done:
+                continue
             pending = self.pending.get(wkey)
             if pending is None:
                 pending = self.pending[wkey] = PendingWindow(set(), {})
@@ -154,12 +161,9 @@ class Combiner:
 
     # -- persistence -----------------------------------------------------------
 
-    def changes(self) -> tuple[dict[str, Any], set[str]]:
-        """State written since the last call: values to store by key, and keys to delete."""
-        upserts = {orjson.dumps(k).decode(): self._value(k) for k in self._dirty}
-        deleted = {orjson.dumps(k).decode() for k in self._deleted - self._dirty}
-        self._dirty, self._deleted = set(), set()
-        return upserts, deleted
+    def changes(self) -> list[Change]:
+        """State written since the last call, in the order to store it (value None deletes)."""
+        return drain(self._dirty, self._deleted, self._value)
 
     def _value(self, key: tuple[Any, ...]) -> Any:
         if key[0] == "h":

@@ -213,22 +213,26 @@ class Target(_Model):
             for pattern, fields in patterns.items():
                 if "overrides" in fields:
                     raise ValueError(f"overrides.{dim}.{pattern}: overrides do not nest")
-                Target.model_validate({**base, **fields})  # each override must make a valid rule
+                try:
+                    Target.model_validate({**base, **fields})  # each override must make a valid rule
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    where = ".".join(str(x) for x in err["loc"])
+                    raise ValueError(f"overrides.{dim}.{pattern}.{where}: {err['msg'].removeprefix('Value error, ')}") from None
         return self
 
     def rule_for(self, group: dict[str, str]) -> Target:
         """The rule for one breakdown value: the first exact match, then globs, then the default."""
-        for dim, patterns in self.overrides.items():
-            value = group.get(dim)
-            if value is None:
-                continue
-            fields = patterns.get(value)
-            if fields is None:
-                fields = next((f for p, f in patterns.items() if fnmatch.fnmatchcase(value, p)), None)
-            if fields is not None:
-                base = self.model_dump(by_alias=True, exclude={"overrides"})
-                return Target.model_validate({**base, **fields})
-        return self
+        fields = next((pats[group[d]] for d, pats in self.overrides.items() if group.get(d) in pats), None)
+        if fields is None:
+            fields = next(
+                (f for d, pats in self.overrides.items() if d in group for p, f in pats.items() if fnmatch.fnmatchcase(group[d], p)),
+                None,
+            )
+        if fields is None:
+            return self
+        base = self.model_dump(by_alias=True, exclude={"overrides"})
+        return Target.model_validate({**base, **fields})
 
     def for_group(self, group: dict[str, str]) -> float | None:
         """The static target for one breakdown value."""
@@ -294,7 +298,7 @@ DEFAULT_ATTRIBUTES = ["device", "country", "region", "landing_page", "browser", 
 class Config(_Model):
     """The whole of ``kpimon.yaml``."""
 
-    windows: list[Window] = [Window(size=60_000)]
+    windows: list[Window] = [Window(size="1m")]
     attributes: list[str] = DEFAULT_ATTRIBUTES  # extra event attributes that filters and breakdowns may name
     allowed_lateness: int = 10_000
     session_timeout: int = 1_800_000

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import orjson
@@ -33,7 +33,8 @@ REASONS = (
 MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
-MAX_STR_LEN = 256  # campaign names, channels, ids and attributes
+MAX_STR_LEN = 256
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # campaign names, channels, ids and attributes
 
 COMMON_FIELDS = ("type", "ts", "event_id", "campaign", "channel")
 
@@ -128,7 +129,7 @@ def parse_ts(value: Any) -> int:
             raise InvalidEvent("bad_timestamp", "ts is not ISO-8601") from None
         if parsed.tzinfo is None:
             raise InvalidEvent("bad_timestamp", "ts must carry a UTC offset, e.g. 2024-05-01T12:00:00+00:00")
-        ts = int(parsed.timestamp() * 1000)
+        ts = (parsed - _EPOCH) // timedelta(milliseconds=1)  # exact: float timestamps lose a millisecond
     else:
         raise InvalidEvent("bad_timestamp", "ts must be epoch milliseconds or ISO-8601 with an offset")
     if not MIN_TS_MS <= ts < MAX_TS_MS:
@@ -143,7 +144,7 @@ def validate(obj: Any, implied_type: str | None = None) -> Event:
     etype = obj.get("type", implied_type)
     if etype is None:
         raise InvalidEvent("missing_field", "type is required on this topic")
-    if etype not in TYPE_FIELDS:
+    if not isinstance(etype, str) or etype not in TYPE_FIELDS:
         raise InvalidEvent("unknown_type", f"unknown event type {str(etype)[:40]!r}")
     if implied_type is not None and etype != implied_type:
         raise InvalidEvent("type_mismatch", f"a {etype} event on a topic that carries {implied_type} events")

@@ -58,7 +58,9 @@ class Silence:
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidSilence("missing_id", "a silence needs an id")
-        if not isinstance(self.matchers, dict) or not self.matchers:
+        if not isinstance(self.matchers, dict):
+            raise InvalidSilence("bad_matcher", f"matchers must map dimensions to values, got {self.matchers!r}")
+        if not self.matchers:
             raise InvalidSilence(
                 "no_matcher", "a silence needs at least one matcher (--campaign, --channel, --kpi or --match DIM=VALUE)"
             )

@@ -17,9 +17,11 @@ from rich.console import Console
 from kpi_core import config as config_mod
 from kpi_core.errors import ConfigError, KpimonError
 from kpimon.broker import LocalBroker, bootstrap_servers, kafka_app, project_root
+from kpimon.silences import silence_app
 
 cli = typer.Typer(help="kpimon: streaming marketing KPI monitor.", no_args_is_help=True, add_completion=False)
 cli.add_typer(kafka_app, name="kafka", help="Run a local single-node Kafka broker (KRaft).")
+cli.add_typer(silence_app, name="silence", help="Silence alerts for a campaign, channel or KPI for a while.")
 out = Console()
 err = Console(stderr=True)
 
@@ -71,12 +73,13 @@ def worker(
     """Run a stream worker. Start more to share the partitions (same KPIMON_APP_ID)."""
     import faust
 
-    from alerts import build_notifier, from_env
+    from alerts import build_delivery, from_env
     from kpi_core.plan import Plan
     from kpimon.topics import ensure_topics
     from streams.app import Pipeline
     from streams.metrics import Metrics
     from streams.settings import WorkerSettings
+    from streams.silences import SilenceWatcher
 
     cfg = _load(config)
     env = _env()
@@ -88,7 +91,9 @@ def worker(
         raise typer.Exit(2) from None
     ensure_topics(cfg, settings)
     plan = Plan(cfg)
-    pipeline = Pipeline(plan, settings, build_notifier(slack), Metrics(plan))
+    delivery = build_delivery(slack, default_channel=cfg.alerting.default_channel)
+    silences = SilenceWatcher(settings.bootstrap, cfg.topics.silences)
+    pipeline = Pipeline(plan, settings, delivery, Metrics(plan), silences)
     # Without redirect_stdouts=False, Faust re-logs the console alerts as WARNING lines.
     faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 

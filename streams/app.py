@@ -37,6 +37,7 @@ from kpi_core.combine import Combiner
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import decode
 from kpi_core.plan import Plan
+from kpi_core.state import Change
 from kpi_core.incidents import AlertEvent
 from streams import web, wire
 from streams.metrics import Metrics
@@ -347,12 +348,12 @@ def _restore(table: faust.Table, partition: int, load: Callable[[str, Any], None
             load(key[len(prefix) :].decode(), orjson.loads(value))
 
 
-def _persist(table: faust.Table, partition: int, changes: tuple[dict[str, Any], set[str]]) -> None:
-    upserts, deletes = changes
+def _persist(table: faust.Table, partition: int, changes: list[Change]) -> None:
+    """Write a stage's changes in order; the order is what makes recovery consistent."""
     prefix = f"{partition}|"
-    for key, value in upserts.items():
-        table[(prefix + key).encode()] = orjson.dumps(value)
-    for key in deletes:
+    for key, value in changes:
         k = (prefix + key).encode()
-        if k in table:
+        if value is not None:
+            table[k] = orjson.dumps(value)
+        elif k in table:
             del table[k]

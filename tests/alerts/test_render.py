@@ -5,8 +5,10 @@ from typing import Any
 import pytest
 from slack_sdk.models.blocks import Block
 
-from alerts.render import MAX_BLOCKS, render
+from alerts.render import MAX_BLOCKS, render, render_event, render_update
+from kpi_core.incidents import AlertEvent
 from tests.support.breaches import CTR_BREACH, MAY_1_NOON, make_breach
+from tests.support.incidents import CPC_FINDING, OPENED, make_event, make_finding, thread_events
 
 WINDOW = "1m 2024-05-01T12:00:00Z–2024-05-01T12:01:00Z"
 
@@ -99,3 +101,115 @@ def test_too_many_breaches_stay_within_block_kit_limits() -> None:
 def test_no_breaches_is_a_mistake() -> None:
     with pytest.raises(ValueError):
         render([])
+
+
+# -- incident threads ------------------------------------------------------------
+
+CTR_LINE = (
+    "🔴 ctr 0.42% is below target 2.00% (baseline 4.10%) · 42 clicks / 10,000 impressions · CI 0.31%–0.52% · "
+    f"driven by device=mobile (60% of impressions, ctr 0.40%) · rule: target · window {WINDOW}"
+)
+
+
+def test_event_says_value_target_baseline_volume_interval_contributor_rule_and_window() -> None:
+    text, blocks = render_event(make_event(mention="<!subteam^S123>"))
+
+    assert text == "<!subteam^S123>\n🔴 CRITICAL · campaign=spring-sale · 1 KPI breaching\n" + CTR_LINE
+    assert blocks == [
+        {"type": "header", "text": {"type": "plain_text", "text": "🔴 CRITICAL · campaign=spring-sale · 1 KPI breaching"}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "<!subteam^S123>"}},
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": "🔴 *ctr* 0.42% is below target 2.00% (baseline 4.10%)\n"
+                "42 clicks / 10,000 impressions · CI 0.31%–0.52%\n"
+                "driven by device=mobile (60% of impressions, ctr 0.40%)\n"
+                f"rule: target · window {WINDOW}",
+            },
+        },
+    ]
+    assert_valid_blocks(blocks)
+
+
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        # lower is better: above its target; no baseline, interval or contributor to mention
+        (make_event(severity="warning", findings=[CPC_FINDING]),
+         "🟠 cpc 0.75 is above target 0.50 · 31.50 click_cost / 42 clicks · rule: target"),
+        # drift: the line is the drift threshold, and the static target is mentioned too
+        (make_event(findings=[make_finding(rule="drift", threshold=0.03075, interval=None, contributor=None)]),
+         "0.42% is below drift threshold 3.08% (baseline 4.10%, target 2.00%) · 42 clicks / 10,000 impressions · rule: drift"),
+        # no data: the measures that stopped, and for how long
+        (make_event(findings=[make_finding(kpi="no_data", rule="no_data", value=0.0, threshold=None, target=None,
+                                           baseline=None, unit="count", numerator=0, numerator_name="impressions/clicks",
+                                           denominator=2, denominator_name="windows", interval=None, contributor=None)]),
+         "🔴 CRITICAL · campaign=spring-sale · no data\n🔴 no data: no impressions/clicks in the last 2 windows · rule: no data"),
+        # resolved: back to what value, and no stale volume
+        (thread_events()[2],
+         "✅ RESOLVED · campaign=spring-sale · 2 KPIs back to normal\n"
+         "✅ ctr back to 3.10% (target 2.00%, baseline 4.10%) · rule: target"),
+        # Slack's control characters in a group value are escaped, so nobody gets pinged
+        (make_event(group={"campaign": "<!channel> & co"}), "campaign=&lt;!channel&gt; &amp; co"),
+        # the global total
+        (make_event(dims=(), group={}), "🔴 CRITICAL · all traffic · 1 KPI breaching"),
+    ],
+)
+def test_event_text_by_case(event: AlertEvent, expected: str) -> None:
+    text, blocks = render_event(event)
+    assert expected in text
+    assert_valid_blocks(blocks)
+
+
+def test_event_links_grafana_from_the_event_or_the_default() -> None:
+    own = "https://grafana.example/d/kpimon?var-window=1m&from=1&to=2"
+
+    _, with_own = render_event(make_event(grafana_url=own), grafana_url="https://other.example/d/x")
+    _, with_default = render_event(OPENED, grafana_url="https://grafana.example/d/kpimon?orgId=1")
+
+    assert with_own[-1]["elements"][0]["text"] == f"<{own.replace('&', '&amp;')}|Open in Grafana>"
+    link = f"https://grafana.example/d/kpimon?orgId=1&amp;from={MAY_1_NOON}&amp;to={MAY_1_NOON + 60_000}"
+    assert with_default[-1]["elements"][0]["text"] == f"<{link}|Open in Grafana>"
+
+
+def test_event_with_too_many_findings_stays_within_block_kit_limits() -> None:
+    findings = [make_finding(kpi=f"kpi_{i}" + "x" * 200) for i in range(60)]
+
+    text, blocks = render_event(make_event(findings=findings, mention="@growth-team"), change="Still firing: …")
+
+    assert len(blocks) == MAX_BLOCKS
+    assert blocks[0]["text"]["text"].startswith("UPDATE · 🔴 CRITICAL")
+    assert blocks[-1]["elements"][0]["text"] == "…and 14 more KPIs not shown"  # header, mention, change and context leave 46
+    assert "kpi_59" in text
+    assert_valid_blocks(blocks)
+
+
+@pytest.mark.parametrize(
+    ("event", "previous", "expected"),
+    [
+        # a new KPI joins the thread
+        (thread_events()[1], ("critical", ["ctr"]), "New: cpc 0.75 above target 0.50"),
+        # worse: escalated, saying which KPI is critical now
+        (make_event(kind="updated"), ("warning", ["ctr"]), "Escalated to critical: ctr 0.42% below target 2.00%"),
+        # better: eased
+        (make_event(kind="updated", severity="warning", findings=[make_finding(severity="warning")]),
+         ("critical", ["ctr"]), "Eased to warning: ctr 0.42% below target 2.00%"),
+        # one of two resolved while the other still fires
+        (make_event(kind="updated", findings=[CPC_FINDING, make_finding(status="resolved", value=0.031)]),
+         ("critical", ["ctr", "cpc"]), "Resolved: ctr back to 3.10% (target 2.00%, baseline 4.10%)"),
+        # the thread resolved
+        (thread_events()[2], ("critical", ["ctr", "cpc"]),
+         "Resolved: ctr back to 3.10% (target 2.00%, baseline 4.10%); cpc back to 0.45 (target 0.50)"),
+        # a reminder
+        (make_event(kind="reminder", seq=5), ("critical", ["ctr"]), "Still firing: ctr 0.42% below target 2.00%"),
+    ],
+)
+def test_update_text_by_change(event: AlertEvent, previous: tuple[str, list[str]], expected: str) -> None:
+    severity, firing = previous
+    assert render_update(event, previous_severity=severity, previously_firing=firing) == expected
+
+
+def test_event_without_findings_is_a_mistake() -> None:
+    with pytest.raises(ValueError):
+        render_event(make_event(findings=[]))

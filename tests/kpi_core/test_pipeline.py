@@ -7,6 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -471,7 +472,10 @@ def test_sessions_equal_batch_sessionization(raw: list[tuple[int, str, str, int]
         for s in run(SESSION_PLAN, events, batch=batch)
         if s.phase == "sessions"
     }
-    assert got == sessionize(views)
+    expected = sessionize(views)
+    # counts exactly; seconds are sums of thousandths, whose rounding depends on the order of addition
+    assert {k: v[:4] for k, v in got.items()} == {k: v[:4] for k, v in expected.items()}
+    assert {k: v[4] for k, v in got.items()} == pytest.approx({k: v[4] for k, v in expected.items()})
 
 
 def test_sessionize_reference_on_a_known_case() -> None:

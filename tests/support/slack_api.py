@@ -1,25 +1,35 @@
 """A real Slack Web API and incoming webhook on localhost, for tests.
 
-It answers ``chat.postMessage``, ``chat.update`` and ``POST /webhook/...`` the way
-Slack does, records every request, and fails on demand so retries can be counted::
+It answers ``chat.postMessage`` (with ``thread_ts`` and ``metadata``), ``chat.update``,
+``conversations.history``, ``conversations.replies``, ``conversations.list`` and
+``POST /webhook/...`` the way Slack does, keeps the messages (with their replies and
+edits), records every request, and fails on demand so retries can be counted::
 
     slack_api.fail_next(1, status=429, retry_after=1)
     slack_api.outage(2.0, statuses=[503, 429])
+    slack_api.channel_messages("#kpi-alerts")[0].replies
+
+Like Slack, channels have IDs: ``chat.*`` accept a ``#name`` and answer with the ID,
+``conversations.history`` and ``conversations.replies`` want the ID
+(``channel_not_found`` otherwise). Web API calls may come as GET (query string) or
+POST (JSON or form body).
 
 Use the ``slack_api`` fixture, or ``with SlackAPIServer() as server:``.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -28,6 +38,8 @@ DEFAULT_TOKEN = "xoxb-test-0000-kpimon"
 # The error code Slack puts in the body of each failure status.
 _STATUS_ERRORS = {429: "ratelimited", 500: "internal_error", 502: "bad_gateway", 503: "service_unavailable"}
 _JSON_FIELDS = ("blocks", "attachments", "metadata")  # form bodies carry these as JSON strings
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]+")
+_METHODS = ("chat.postMessage", "chat.update", "conversations.history", "conversations.replies", "conversations.list")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +53,41 @@ class Recorded:
     status: int
     error: str | None  # Slack's error code when the request was not accepted
     at: float  # time.monotonic() on arrival, to check how long a client waited
+
+
+@dataclass(slots=True)
+class Message:
+    """A message as the server keeps it; ``replies`` (top-level messages only) oldest first."""
+
+    channel: str  # the channel ID
+    ts: str
+    text: str
+    blocks: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] | None = None
+    thread_ts: str | None = None  # the parent's ts, for a reply
+    replies: list[Message] = field(default_factory=list)
+    edits: list[dict[str, Any]] = field(default_factory=list)  # each chat.update's new text and blocks, in order
+
+    def __getitem__(self, key: str) -> Any:
+        """``message["text"]`` as well as ``message.text``."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_api(self, *, with_metadata: bool) -> dict[str, Any]:
+        """The message as conversations.* return it."""
+        out: dict[str, Any] = {"type": "message", "bot_id": "B0KPIMON", "ts": self.ts, "text": self.text}
+        if self.blocks is not None:
+            out["blocks"] = self.blocks
+        if self.thread_ts:
+            out["thread_ts"] = self.thread_ts
+        elif self.replies:
+            out |= {"thread_ts": self.ts, "reply_count": len(self.replies), "latest_reply": self.replies[-1].ts}
+        if self.edits:
+            out["edited"] = {"user": "B0KPIMON", "ts": self.edits[-1]["ts"]}
+        if with_metadata and self.metadata is not None:
+            out["metadata"] = self.metadata
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +107,8 @@ class SlackAPIServer:
         self._queued: list[_Failure] = []
         self._outage_until = 0.0
         self._outage: Iterator[_Failure] = iter(())
-        self._posted: set[tuple[str, str]] = set()  # (channel, ts) of accepted messages
+        self._channels: dict[str, str] = {}  # name (without #) -> ID
+        self._messages: dict[str, list[Message]] = {}  # channel ID -> top-level messages, oldest first
         self._ts = itertools.count(100)
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._http.daemon_threads = True
@@ -99,6 +147,14 @@ class SlackAPIServer:
         with self._lock:
             return list(self._failed)
 
+    def requests_json(self) -> list[dict[str, Any]]:
+        """Every request, accepted or refused, in arrival order, as JSON-ready dicts (headers left out: they hold the token)."""
+        with self._lock:
+            recorded = sorted(self._accepted + self._failed, key=lambda r: r.at)
+        return [
+            {"method": r.method, "path": r.path, "status": r.status, "error": r.error, "body": r.body} for r in recorded
+        ]
+
     @property
     def messages(self) -> list[dict[str, Any]]:
         """Bodies of accepted ``chat.postMessage`` calls."""
@@ -108,6 +164,28 @@ class SlackAPIServer:
     def webhook_messages(self) -> list[dict[str, Any]]:
         """Bodies of accepted incoming-webhook posts."""
         return [r.body for r in self.requests if r.path.startswith("/webhook/")]
+
+    def channel_id(self, channel: str) -> str:
+        """The ID of a channel given by ``#name``, ``name`` or ID; a new name gets a new channel."""
+        with self._lock:
+            return self._channel(channel, create=True) or ""
+
+    def channel_messages(self, channel: str) -> list[Message]:
+        """Top-level messages of a channel (by name or ID), oldest first, each with its replies and edits."""
+        with self._lock:
+            cid = self._channel(channel, create=False)
+            return copy.deepcopy(self._messages.get(cid or "", []))
+
+    def thread(self, channel: str, ts: str) -> list[Message]:
+        """A thread: its parent message, then the replies oldest first."""
+        with self._lock:
+            parent = self._find(self._channel(channel, create=False) or "", ts)
+            if parent is None:
+                raise KeyError(f"no message {ts} in {channel}")
+            if parent.thread_ts:
+                parent = self._find(parent.channel, parent.thread_ts)
+            assert parent is not None
+            return copy.deepcopy([parent, *parent.replies])
 
     def fail_next(self, n: int, *, status: int = 503, retry_after: int | None = None) -> None:
         """Answer the next ``n`` requests with ``status`` (and a Retry-After header if given)."""
@@ -140,52 +218,173 @@ class SlackAPIServer:
                 return 400, "no_text", "no_text"
             return 200, None, "ok"
         method = path.removeprefix("/api/")
-        if method not in ("chat.postMessage", "chat.update"):
-            return 404, "unknown_method", {"ok": False, "error": "unknown_method"}
+        if method not in _METHODS:
+            return _error("unknown_method", status=404)
         auth = headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else body.get("token")
         if not token:
-            return 200, "not_authed", {"ok": False, "error": "not_authed"}
+            return _error("not_authed")
         if token != self.token:
-            return 200, "invalid_auth", {"ok": False, "error": "invalid_auth"}
-        channel = body.get("channel")
-        if not channel:
-            return 200, "channel_not_found", {"ok": False, "error": "channel_not_found"}
-        if not body.get("text") and not body.get("blocks"):
-            return 200, "no_text", {"ok": False, "error": "no_text"}
+            return _error("invalid_auth")
+        if method == "conversations.list":
+            with self._lock:
+                channels = [{"id": cid, "name": name, "is_channel": True} for name, cid in self._channels.items()]
+            return _page(body, "channels", channels)
+        if not body.get("channel"):
+            return _error("channel_not_found")
         with self._lock:
+            if method == "chat.postMessage":
+                return self._post(body)
             if method == "chat.update":
-                ts = body.get("ts", "")
-                if (channel, ts) not in self._posted:
-                    return 200, "message_not_found", {"ok": False, "error": "message_not_found"}
-            else:
-                ts = f"1700000000.{next(self._ts):06d}"
-                self._posted.add((channel, ts))
-        message = {"type": "message", "bot_id": "B0KPIMON", "ts": ts, "text": body.get("text", "")}
+                return self._update(body)
+            # Like Slack, conversations.* want the channel's ID, not its name.
+            channel = body["channel"] if body["channel"] in self._messages else None
+            if channel is None:
+                return _error("channel_not_found")
+            with_metadata = _flag(body.get("include_all_metadata"))
+            if method == "conversations.history":
+                return self._history(channel, body, with_metadata)
+            return self._replies(channel, body, with_metadata)
+
+    # The methods below run under self._lock.
+
+    def _channel(self, channel: str, *, create: bool) -> str | None:
+        if _CHANNEL_ID.fullmatch(channel):
+            if create:
+                self._channels.setdefault(channel.lower(), channel)
+                self._messages.setdefault(channel, [])
+            return channel
+        name = channel.removeprefix("#")
+        if name not in self._channels and create:
+            cid = f"C{len(self._channels) + 1:08d}"
+            self._channels[name], self._messages[cid] = cid, []
+        return self._channels.get(name)
+
+    def _find(self, channel: str, ts: str) -> Message | None:
+        for message in self._messages.get(channel, []):
+            if message.ts == ts:
+                return message
+            for reply in message.replies:
+                if reply.ts == ts:
+                    return reply
+        return None
+
+    def _post(self, body: dict[str, Any]) -> tuple[int, str | None, Any]:
+        if not body.get("text") and not body.get("blocks"):
+            return _error("no_text")
+        metadata = body.get("metadata")
+        if metadata is not None and not (
+            isinstance(metadata, dict) and metadata.get("event_type") and isinstance(metadata.get("event_payload"), dict)
+        ):
+            return _error("invalid_metadata_format")
+        channel = self._channel(body["channel"], create=True)
+        assert channel is not None
+        parent = None
+        if body.get("thread_ts"):
+            parent = self._find(channel, str(body["thread_ts"]))
+            if parent is None:
+                return _error("thread_not_found")
+            if parent.thread_ts:  # a reply to a reply goes to the thread's parent
+                parent = self._find(channel, parent.thread_ts)
+                assert parent is not None
+        ts = self._next_ts()
+        message = Message(
+            channel, ts, body.get("text", ""), body.get("blocks"), metadata, parent.ts if parent else None
+        )
+        (parent.replies if parent else self._messages[channel]).append(message)
+        return 200, None, {"ok": True, "channel": channel, "ts": ts, "message": message.to_api(with_metadata=True)}
+
+    def _update(self, body: dict[str, Any]) -> tuple[int, str | None, Any]:
+        channel = self._channel(body["channel"], create=False)
+        message = self._find(channel or "", str(body.get("ts", "")))
+        if message is None:
+            return _error("message_not_found")
+        if not body.get("text") and not body.get("blocks"):
+            return _error("no_text")
+        message.text = body.get("text", "")
         if "blocks" in body:
-            message["blocks"] = body["blocks"]
-        return 200, None, {"ok": True, "channel": channel, "ts": ts, "message": message}
+            message.blocks = body["blocks"]
+        message.edits.append({"ts": self._next_ts(), "text": message.text, "blocks": body.get("blocks")})
+        reply = {"type": "message", "bot_id": "B0KPIMON", "ts": message.ts, "text": message.text}
+        if message.blocks is not None:
+            reply["blocks"] = message.blocks
+        return 200, None, {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text, "message": reply}
+
+    def _history(self, channel: str, body: dict[str, Any], with_metadata: bool) -> tuple[int, str | None, Any]:
+        oldest, latest = float(body.get("oldest") or 0), float(body.get("latest") or "inf")
+        inclusive = _flag(body.get("inclusive"))
+        messages = [
+            m.to_api(with_metadata=with_metadata)
+            for m in reversed(self._messages[channel])
+            if (oldest <= float(m.ts) <= latest if inclusive else oldest < float(m.ts) < latest)
+        ]
+        return _page(body, "messages", messages)
+
+    def _replies(self, channel: str, body: dict[str, Any], with_metadata: bool) -> tuple[int, str | None, Any]:
+        parent = self._find(channel, str(body.get("ts", "")))
+        if parent is None:
+            return _error("thread_not_found")
+        if parent.thread_ts:
+            parent = self._find(channel, parent.thread_ts)
+            assert parent is not None
+        thread = [parent, *parent.replies]
+        return _page(body, "messages", [m.to_api(with_metadata=with_metadata) for m in thread])
+
+    def _next_ts(self) -> str:
+        return f"1700000000.{next(self._ts):06d}"
+
+
+def _error(code: str, *, status: int = 200) -> tuple[int, str | None, Any]:
+    return status, code, {"ok": False, "error": code}
+
+
+def _flag(value: Any) -> bool:
+    """A boolean argument: JSON true, or "1"/"true" in a query string or form."""
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _page(body: dict[str, Any], key: str, items: list[dict[str, Any]]) -> tuple[int, str | None, Any]:
+    """One page of a list: ``limit`` items from ``cursor`` (an offset here; opaque to clients)."""
+    offset = int(body.get("cursor") or 0)
+    limit = int(body.get("limit") or 100)
+    page = items[offset : offset + limit]
+    more = offset + limit < len(items)
+    meta = {"next_cursor": str(offset + limit) if more else ""}
+    return 200, None, {"ok": True, key: page, "has_more": more, "response_metadata": meta}
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: ThreadingHTTPServer
 
     def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._handle("POST", _parse_body(self.headers.get("Content-Type", ""), raw))
+
+    def do_GET(self) -> None:
+        self._handle("GET", {})
+
+    def _handle(self, verb: str, body: dict[str, Any]) -> None:
         api: SlackAPIServer = self.server.api  # type: ignore[attr-defined]
         arrived = time.monotonic()
         headers = dict(self.headers.items())
-        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = _parse_body(self.headers.get("Content-Type", ""), raw)
-        webhook = self.path.startswith("/webhook/")
+        url = urlsplit(self.path)
+        path = url.path
+        # slack-sdk sends conversations.* as GET with a query string; arguments may come both ways.
+        body = {**_form(url.query), **body}
+        webhook = path.startswith("/webhook/")
+        if webhook and verb != "POST":
+            api._record(Recorded(verb, path, headers, body, 405, "method_not_allowed", arrived))
+            self._reply(405, "method_not_allowed")
+            return
         failure = api._injected_failure()
         if failure:
             error = _STATUS_ERRORS.get(failure.status, "request_failed")
-            api._record(Recorded("POST", self.path, headers, body, failure.status, error, arrived))
+            api._record(Recorded(verb, path, headers, body, failure.status, error, arrived))
             extra = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
             self._reply(failure.status, error if webhook else {"ok": False, "error": error}, extra)
             return
-        status, error, reply = api._answer(self.path, headers, body)
-        api._record(Recorded("POST", self.path, headers, body, status, error, arrived))
+        status, error, reply = api._answer(path, headers, body)
+        api._record(Recorded(verb, path, headers, body, status, error, arrived))
         self._reply(status, reply)
 
     def _reply(self, status: int, reply: Any, headers: dict[str, str] | None = None) -> None:
@@ -209,7 +408,12 @@ def _parse_body(content_type: str, raw: bytes) -> dict[str, Any]:
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
         return json.loads(raw or b"{}")
-    body: dict[str, Any] = {k: v[0] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
+    return _form(raw.decode())
+
+
+def _form(query: str) -> dict[str, Any]:
+    """A query string or form body as a dict; JSON strings in form fields are decoded."""
+    body: dict[str, Any] = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
     for name in _JSON_FIELDS:
         if isinstance(body.get(name), str):
             body[name] = json.loads(body[name])
