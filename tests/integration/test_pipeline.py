@@ -223,9 +223,10 @@ def test_slack_alert_for_each_breaching_group_only(run: dict[str, Any], slack: S
     time.sleep(1)  # anything extra would arrive now
     texts = sorted(m["text"] for m in slack.messages)
     assert len(texts) == 2, texts
-    assert texts[0].startswith("KPI breach: campaign=alpha")
-    assert texts[1].startswith("KPI breach: channel=email")
+    assert "campaign=alpha" in texts[0] and "channel=email" in texts[1]
     for text in texts:
-        assert "ctr 2.00% is below target 5.00%: 2 clicks / 100 impressions in window 10s 2024-05-01T12:00:00Z–2024-05-01T12:00:10Z" in text
+        assert "ctr 2.00% is below target 5.00%" in text
+        assert "2 clicks / 100 impressions" in text
+        assert "10s 2024-05-01T12:00:00Z–2024-05-01T12:00:10Z" in text
     assert all(m["channel"] == "#kpi-alerts" for m in slack.messages)
     assert TOKEN not in run["worker"].log()
