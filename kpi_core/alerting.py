@@ -63,6 +63,7 @@ class Incident:
     resolved_at: int | None = None  # event time of the last resolve
     notified_at: int = 0  # window start of the last notification
     finding: dict[str, Any] | None = None  # the latest finding, for the thread's message
+    evaluated: int = -1  # start of the last window evaluated: a window seen twice (after a crash) counts once
 
 
 @dataclass(slots=True)
@@ -134,6 +135,11 @@ class AlertEngine:
         baseline = self._baseline(kpi, wi, bi, group, rule, snap.start)
         ikey = (kpi, wi, bi, group)
         inc = self.incidents.get(ikey) or Incident()
+        if snap.start <= inc.evaluated:
+            return None  # finalized again after a restart: already evaluated
+        inc.evaluated = snap.start
+        self.incidents[ikey] = inc
+        self._dirty.add(("i", *ikey))
         if value is None or den < rule.min_denominator or num < rule.min_numerator:
             return None  # not enough volume to say anything: no change either way
         direction = k.kpi.direction
@@ -274,6 +280,8 @@ class AlertEngine:
             return
         key = (kpi, wi, bi, group)
         b = self.baselines.get(key) or Baseline([])
+        if b.rows and b.rows[-1][0] >= start:
+            return  # already remembered
         b.rows.append([start, num, den, value])
         keep_from = start - WEEK_MS if drift.baseline == "week" else None
         b.rows = [r for r in b.rows if r[0] >= keep_from] if keep_from is not None else b.rows[-drift.windows :]

@@ -172,11 +172,11 @@ def demo(
         out.print(f"starting the worker (config {demo_cfg}) ...")
         procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(demo_cfg)], env=env))
         time.sleep(8)
-        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 85% after 30 s ...")
+        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 85% after 15 s ...")
         sim = ["simulate", "--config", str(demo_cfg), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15"]
         procs.append(
             subprocess.Popen(
-                [*kpimon, *sim, "--drop-at", "30", "--duration", str(duration)],
+                [*kpimon, *sim, "--drop-at", "15", "--duration", str(duration)],
                 env=env,
             )
         )

@@ -45,6 +45,9 @@ from streams.settings import WorkerSettings
 from streams.silences import SilenceWatcher
 
 log = logging.getLogger("kpimon.worker")
+# Faust warns each time its table-write buffer passes 100 messages; with batched state
+# writes that is routine, not a problem worth a log line per batch.
+logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
 
 
 class KeyPartitionedTable(faust.Table):
@@ -308,6 +311,7 @@ class Pipeline:
         """Close windows of partitions whose sources have gone quiet (wall-clock idle timeout)."""
         if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
             return
+        self._export_lag()
         now = time.time() * 1000
         for tp in self.app.assignor.assigned_actives():
             if tp.topic != self.settings.events_topic:
@@ -315,9 +319,26 @@ class Pipeline:
             async with self.locks[tp.partition]:
                 await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
 
+    def _export_lag(self) -> None:
+        consumer = self.app.consumer
+        committed = consumer._committed_offset  # Faust keeps no public accessor for it
+        for tp in self.app.assignor.assigned_actives():
+            try:
+                end = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched from yet, or moving in a rebalance
+                continue
+            if end is not None:
+                done = committed.get(tp)
+                # Faust stores the last processed offset; the next to read is one more.
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - (done + 1 if done is not None else 0)))
+
     async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         # Revoked partitions' state moves with them; reload from the table if they return.
         for tp in revoked:
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
             if tp.topic == self.settings.events_topic:
                 self.stage1.pop(tp.partition, None)
             elif tp.topic == self.settings.partials_topic:

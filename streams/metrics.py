@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from kpi_core.plan import Plan
@@ -80,6 +80,9 @@ class Metrics:
         self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
         self.alerts = Counter("kpimon_alerts", "Alert deliveries, by outcome", ["outcome"], registry=r)
         self.alert_events = Counter("kpimon_alert_events", "Alert events written to the outbox, by kind", ["kind"], registry=r)
+        self.lag = Gauge("kpimon_consumer_lag", "Messages not yet committed: end offset - committed offset", ["topic", "partition"], registry=r)
+        self.started = Gauge("kpimon_worker_start_time_seconds", "When this worker started (unix time)", registry=r)
+        self.started.set_to_current_time()
         self.kpis = KpiCollector(plan)
         r.register(self.kpis)
         ProcessCollector(registry=r)

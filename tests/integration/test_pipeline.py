@@ -165,6 +165,9 @@ def test_measures_and_counters(run: dict[str, Any]) -> None:
     assert targets["alpha"] == 0.05
     firing = {dict(k)["campaign"]: v for k, v in worker.samples("kpimon_alert_firing").items() if dict(k)["breakdown"] == "campaign"}
     assert firing == {"alpha": 1.0, "beta": 0.0, "gamma": 0.0}
+    lag_topics = {dict(k)["topic"] for k in worker.samples("kpimon_consumer_lag")}
+    assert set(run["topics"]["sources"]) <= lag_topics
+    assert worker.samples("kpimon_worker_start_time_seconds")
 
 
 def test_promtool_accepts_the_exposition(run: dict[str, Any], tmp_path: Path) -> None:

@@ -156,3 +156,19 @@ def test_one_campaign_s_breaching_kpis_share_one_message() -> None:
     alerts = _traffic(plan, {"c": [(1000, 10)]})  # CTR 1% and CPC 1.0: both breach
     assert [(a.kind, sorted(f.kpi for f in a.findings)) for a in alerts] == [("opened", ["cpc", "ctr"])]
     assert alerts[0].id == "1m|campaign|c#1"
+
+
+def test_a_window_finalized_twice_after_a_restart_is_evaluated_once() -> None:
+    from kpi_core.alerting import AlertEngine
+    from kpi_core.results import Snapshot
+
+    plan = _config({"ctr": {"value": "5%", "for": 2}})
+    engine = AlertEngine(plan)
+
+    def window(w: int) -> list[Snapshot]:
+        start = T + w * MIN
+        return [Snapshot("1m", start, start + MIN, ("campaign",), {"campaign": "c"}, "events", {"clicks": 10.0, "impressions": 1000.0}, {"ctr": 0.01})]
+
+    assert engine.evaluate(0, T, "events", window(0)) == []
+    assert engine.evaluate(0, T, "events", window(0)) == []  # the same window again: still one breaching window
+    assert [a.kind for a in engine.evaluate(0, T + MIN, "events", window(1))] == ["opened"]

@@ -1,0 +1,65 @@
+"""The ceiling: a plain aiokafka consumer that reads every source message and orjson-decodes it.
+
+Prints JSON: seconds from start to the first and the last message, and the rates. Run by
+bench/run.py in its own process, with a fresh group id, against the preloaded topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+
+async def consume(bootstrap: str, topics: list[str], group: str, expect: int, timeout: float) -> dict[str, float]:
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=True,
+    )
+    t0 = time.monotonic()
+    await consumer.start()
+    t_first = None
+    n = 0
+    decoded_bytes = 0
+    try:
+        deadline = t0 + timeout
+        while n < expect and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500)
+            for msgs in batches.values():
+                if t_first is None and msgs:
+                    t_first = time.monotonic()
+                for m in msgs:
+                    orjson.loads(m.value)
+                    decoded_bytes += len(m.value)
+                    n += 1
+        t_last = time.monotonic()
+    finally:
+        await consumer.stop()
+    t_first = t_first or t_last
+    return {
+        "messages": n,
+        "complete": n >= expect,
+        "start_to_first_s": round(t_first - t0, 3),
+        "start_to_last_s": round(t_last - t0, 3),
+        "rate_from_start": round(n / (t_last - t0)),
+        "rate_from_first": round(n / max(t_last - t_first, 1e-9)),
+        "mb_per_s": round(decoded_bytes / max(t_last - t_first, 1e-9) / 1e6, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--group", required=True)
+    ap.add_argument("--expect", type=int, required=True)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("topics", nargs="+")
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(consume(args.bootstrap, args.topics, args.group, args.expect, args.timeout))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Produce simulated traffic in real time (event time = wall clock) at a target rate; print JSON stats.
+
+The per-campaign impression rate is calibrated so the whole mix (impressions, clicks, page
+views, leads, orders, spend, surveys) comes to ``--events-per-s``. Each event is sent when
+the wall clock reaches its event time; how far sending fell behind that is reported, since a
+producer that can't keep pace would make the worker's latency look worse than it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import log, percentile, source_topics  # noqa: E402
+
+from kpimon.producer import message_key  # noqa: E402
+from kpimon.simulator import Anomaly, SimConfig, generate  # noqa: E402
+
+
+def steady_rate(cfg: SimConfig, warmup_s: int = 60, measure_s: int = 30) -> float:
+    """Events per second of event time once journeys (sessions, leads, orders) have filled in."""
+    start = 1_700_000_000_000
+    cut = start + warmup_s * 1000
+    n = sum(1 for _, obj in generate(cfg, start_ms=start, duration_s=warmup_s + measure_s) if obj["ts"] >= cut)
+    return n / measure_s
+
+
+def calibrate(campaigns: int, target: float, ctr_range: tuple[float, float], seed: int) -> tuple[float, float]:
+    """The per-campaign impression rate that gives ``target`` events/s, and the rate it gives."""
+    # Spend is per campaign and interval, not per impression: fit rate -> events/s as a line.
+    r1, r2 = 0.5, 1.0
+    e1 = steady_rate(SimConfig(campaigns=campaigns, rate=r1, ctr_range=ctr_range, seed=seed))
+    e2 = steady_rate(SimConfig(campaigns=campaigns, rate=r2, ctr_range=ctr_range, seed=seed))
+    slope = (e2 - e1) / (r2 - r1)
+    rate = max(0.001, (target - (e1 - slope * r1)) / slope)
+    return rate, e1 + slope * (rate - r1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("--prefix", required=True)
+    ap.add_argument("--campaigns", type=int, required=True)
+    ap.add_argument("--events-per-s", type=float, required=True)
+    ap.add_argument("--duration", type=float, required=True)
+    ap.add_argument("--ctr-low", type=float, default=0.04)
+    ap.add_argument("--ctr-high", type=float, default=0.06)
+    ap.add_argument("--anomaly", action="append", default=[], help="CAMPAIGN:FACTOR:START_S (CTR multiplier)")
+    ap.add_argument("--seed", type=int, default=13)
+    args = ap.parse_args()
+
+    from kafka import KafkaProducer
+
+    ctr = (args.ctr_low, args.ctr_high)
+    rate, expected = calibrate(args.campaigns, args.events_per_s, ctr, args.seed)
+    cfg = SimConfig(campaigns=args.campaigns, rate=rate, ctr_range=ctr, seed=args.seed)
+    anomalies = []
+    for spec in args.anomaly:
+        name, factor, start_s = spec.split(":")
+        anomalies.append(Anomaly(campaign=name, factor=float(factor), start_s=float(start_s)))
+    topic_for = {etype: topic for topic, etype in source_topics(args.prefix).items()}
+    producer = KafkaProducer(bootstrap_servers=args.bootstrap.split(","), acks=1, linger_ms=5)
+    log(f"paced: {args.campaigns} campaigns at {rate:.3f} impressions/s each (~{expected:,.0f} events/s at steady state) "
+        f"for {args.duration:.0f}s, {len(anomalies)} anomalies")
+
+    start_ms = int(time.time() * 1000) + 500
+    behind: list[float] = []
+    failed = 0
+    sent = 0
+    last_report = time.monotonic()
+
+    def on_error(_: BaseException) -> None:
+        nonlocal failed
+        failed += 1
+
+    for etype, obj in generate(cfg, start_ms=start_ms, duration_s=args.duration, anomalies=anomalies):
+        ts = obj["ts"]
+        wait_ms = ts - time.time() * 1000
+        if wait_ms > 1:
+            time.sleep(wait_ms / 1000)
+        else:
+            behind.append(-wait_ms)
+        producer.send(topic_for[etype], value=orjson.dumps(obj), key=message_key(obj), timestamp_ms=ts).add_errback(on_error)
+        sent += 1
+        if time.monotonic() - last_report >= 10:
+            last_report = time.monotonic()
+            elapsed = time.time() - start_ms / 1000
+            log(f"paced: {sent:,} sent in {elapsed:.0f}s ({sent / max(elapsed, 1e-9):,.0f}/s)")
+    producer.flush()
+    end_ms = int(time.time() * 1000)
+    producer.close()
+    elapsed = (end_ms - start_ms) / 1000
+    print(json.dumps({
+        "sent": sent,
+        "failed": failed,
+        "campaigns": args.campaigns,
+        "rate_per_campaign": round(rate, 4),
+        "start_ms": start_ms,
+        "end_ms": end_ms,
+        "achieved_rate": round(sent / elapsed),
+        "send_behind_p99_ms": round(percentile(behind, 99) or 0.0, 1),
+        "send_behind_max_ms": round(max(behind, default=0.0), 1),
+        "anomalies": args.anomaly,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,613 @@
+"""kpimon benchmark: throughput against a raw Kafka consumer, latency to Slack, memory, scaling.
+
+    .venv/bin/python bench/run.py            # the full run (~10-15 min), writes docs/benchmarks.md
+    .venv/bin/python bench/run.py --quick    # 100k events and shorter phases, for iteration
+    .venv/bin/python bench/run.py --phases throughput,latency --events 300000
+
+Starts a private broker on free ports (name bench-<pid>) unless KAFKA_BOOTSTRAP_SERVERS is
+set, and stops it at the end. Every topic, consumer group and app id carries a per-run
+prefix. Raw results go to bench/out/results.json; worker logs and profiles to bench/out/.
+Not a test: ``make test`` never runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(1, str(BENCH_DIR.parent))  # for tests.support.slack_api
+
+import orjson  # noqa: E402
+import yaml  # noqa: E402
+
+import report  # noqa: E402
+from common import (  # noqa: E402
+    OUT, ROOT, GroupLag, WorkerProc, broker, create_topics, default_catalogue, delete_topics, log, machine_info,
+    percentile, source_topics, topics_section, versions,
+)
+from spy import summarize  # noqa: E402
+
+PY = sys.executable
+SLACK_TOKEN = "xoxb-bench-0000-kpimon"
+PARTITIONS = 4
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace, bootstrap: str) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.prefix = f"bench{os.getpid()}t{int(time.time()) % 100000}"
+        self.work = OUT / "tmp" / self.prefix
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.preloaded: dict[str, Any] | None = None
+        self.src = f"{self.prefix}-tp"
+
+
+def run_json(cmd: list[str], timeout: float, what: str) -> dict[str, Any]:
+    """Run a helper script (progress on our stderr) and parse the JSON on its last stdout line."""
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} did not finish within {timeout:.0f}s") from None
+    if out.returncode != 0:
+        raise RuntimeError(f"{what} failed (exit code {out.returncode}): {out.stdout[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def read_topic(bootstrap: str, topic: str, timeout: float = 60) -> list[tuple[int, int, bytes | None, bytes]]:
+    """Every record of a topic as (timestamp, timestamp_type, key, value)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False, group_id=None)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        out = []
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=500).values():
+                out += [(r.timestamp, r.timestamp_type, r.key, r.value) for r in recs]
+        return out
+    finally:
+        consumer.close()
+
+
+def throughput_config(ctx: Ctx, app_id: str) -> dict[str, Any]:
+    """The full default catalogue (1m and 1h windows), a CTR target, memory store; private outputs."""
+    cfg = default_catalogue()
+    cfg["topics"] = topics_section(ctx.src, app_id, PARTITIONS)
+    # A sane rule: below 2% CTR with 95% confidence, on at least 100 impressions.
+    cfg["targets"] = {"ctr": {"value": "2%", "min_denominator": 100, "confidence": 0.95}}
+    return cfg
+
+
+# -- phase 1: preload, ceiling, kpi_core alone, one worker (profiled) ---------------
+
+
+def preload(ctx: Ctx) -> dict[str, Any]:
+    if ctx.preloaded is not None:
+        return ctx.preloaded
+    a = ctx.args
+    create_topics(ctx.bootstrap, {t: PARTITIONS for t in source_topics(ctx.src)})
+    log(f"== preload: {a.events:,} events into {len(source_topics(ctx.src))} source topics ({PARTITIONS} partitions each)")
+    ctx.preloaded = run_json(
+        [PY, str(BENCH_DIR / "preload.py"), "--bootstrap", ctx.bootstrap, "--prefix", ctx.src,
+         "--events", str(a.events), "--campaigns", str(a.campaigns)],
+        timeout=60 + a.events / 2_000, what="preload",
+    )
+    return ctx.preloaded
+
+
+def phase_throughput(ctx: Ctx, results: dict[str, Any]) -> None:
+    a = ctx.args
+    res = results.setdefault("throughput", {})
+    res["preload"] = preload(ctx)
+    n = res["preload"]["events"]
+
+    log(f"== ceiling: plain aiokafka consumer + orjson.loads over all {n:,} events")
+    res["ceiling"] = run_json(
+        [PY, str(BENCH_DIR / "ceiling.py"), "--bootstrap", ctx.bootstrap, "--group", f"{ctx.prefix}-ceiling",
+         "--expect", str(n), "--timeout", str(60 + n / 5_000), *source_topics(ctx.src)],
+        timeout=120 + n / 5_000, what="ceiling consumer",
+    )
+    log(f"ceiling: {res['ceiling']['rate_from_first']:,} events/s from the first message "
+        f"({res['ceiling']['rate_from_start']:,}/s from start)")
+
+    if not a.no_compute:
+        cfg_path = ctx.work / "compute.yaml"
+        cfg_path.write_text(yaml.safe_dump(throughput_config(ctx, f"{ctx.prefix}-compute")))
+        log(f"== kpi_core alone (no Kafka): decode + LocalPipeline over {n:,} events")
+        res["compute"] = run_json(
+            [PY, str(BENCH_DIR / "compute.py"), "--config", str(cfg_path), "--events", str(n), "--campaigns", str(a.campaigns)],
+            timeout=120 + n / 1_000, what="kpi_core compute",
+        )
+        log(f"kpi_core alone: decode {res['compute']['decode_rate']:,}/s, decode+pipeline {res['compute']['pipeline_rate']:,}/s")
+
+    log(f"== worker: one kpimon worker (full catalogue) over the {n:,} preloaded events, profiled with py-spy")
+    res["worker"] = measure_workers(ctx, n, workers=1, label="w1p", profile=not a.no_profile)
+    ceiling = res["ceiling"]["rate_from_first"]
+    w = res["worker"]
+    res["ratio_from_first"] = round(w["rate_from_first"] / ceiling, 3) if ceiling else None
+    res["ratio_from_start"] = round(w["rate_from_start"] / res["ceiling"]["rate_from_start"], 3)
+    log(f"worker: {w['rate_from_first']:,} events/s = {100 * (res['ratio_from_first'] or 0):.1f}% of the raw consumer")
+
+
+def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool) -> dict[str, Any]:
+    """Start ``workers`` processes in one group on the preloaded topics; time until /metrics counts n events."""
+    a = ctx.args
+    app_id = f"{ctx.prefix}-{label}"
+    base = throughput_config(ctx, app_id)
+    procs = [
+        WorkerProc(copy.deepcopy(base), bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, name=f"{app_id}-{i}")
+        for i in range(workers)
+    ]
+    timeout = a.worker_timeout or (90 + n / 1_500)
+    spies: list[subprocess.Popen[bytes]] = []
+    samples: list[tuple[float, float]] = []
+    scrape_s: list[float] = []
+    scrape_bytes = 0
+    ready: dict[str, float] = {}
+    t_first = n_first = t_done = None
+    cpu_first: list[float] = []
+    last_scrapes: list[Any] = []
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    last_log = t0
+    try:
+        while True:
+            now = time.monotonic()
+            if now - t0 > timeout:
+                raise RuntimeError(f"{workers} worker(s) did not count {n:,} events within {timeout:.0f}s "
+                                   f"(last count {samples[-1][1] if samples else 0:,.0f}); log:\n{procs[0].tail()}")
+            for p in procs:
+                p.check_alive()
+                if p.name not in ready:
+                    h = p.health()
+                    if h and h.get("ready"):
+                        ready[p.name] = round(time.monotonic() - t0, 2)
+            scrapes = [p.scrape() for p in procs]
+            t = time.monotonic() - t0
+            if all(s is not None for s in scrapes):
+                last_scrapes = scrapes
+                total = sum(s.total for s in scrapes)
+                samples.append((round(t, 2), total))
+                scrape_s += [s.seconds for s in scrapes]
+                scrape_bytes = max(scrape_bytes, max(s.bytes for s in scrapes))
+                if total > 0 and t_first is None:
+                    t_first, n_first = t, total
+                    cpu_first = [p.cpu_seconds() for p in procs]
+                    if profile:
+                        spies = start_spies(procs[0].pid, a.profile_seconds)
+                if total >= n:
+                    t_done = t
+                    break
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                log(f"{label}: {samples[-1][1] if samples else 0:,.0f} / {n:,} events counted after {t:.0f}s")
+            time.sleep(a.poll)
+        cpu_done = [p.cpu_seconds() for p in procs]
+        log(f"{label}: all {n:,} events counted {t_done:.1f}s after start; waiting for the internal stages")
+        stages = wait_stages(ctx, app_id, t0)
+        final = [p.scrape() for p in procs]
+        rss = [p.rss_kb() for p in procs]
+        if profile and spies:
+            collect_spies(spies, procs[0].pid)
+    finally:
+        for s in spies:
+            if s.poll() is None:
+                s.terminate()
+        for p in procs:
+            p.stop()
+    busy = t_done - t_first
+    out = {
+        "workers": workers,
+        "app_id": app_id,
+        "ready_s": ready,
+        "first_event_s": round(t_first, 2),
+        "count_at_first_observation": n_first,
+        "all_counted_s": round(t_done, 2),
+        "rate_from_start": round(n / t_done),
+        "rate_from_first": round((n - n_first) / busy) if busy > 0 else None,
+        "cpu_utilization": [round((c1 - c0) / busy, 2) for c0, c1 in zip(cpu_first, cpu_done)] if busy > 0 else None,
+        **stages,
+        "late_events": sum(s.late for s in final if s),
+        "snapshots": sum(s.snapshots for s in final if s),
+        "scrape_p50_ms": round(1000 * (percentile(scrape_s, 50) or 0), 1),
+        "scrape_max_ms": round(1000 * max(scrape_s, default=0), 1),
+        "scrape_max_bytes": scrape_bytes,
+        "rss_mb_at_end": [round(r / 1024) for r, _ in rss],
+        "poll_interval_s": a.poll,
+        "samples": samples[:: max(1, len(samples) // 200)],
+    }
+    if last_scrapes:
+        out["metrics_lines_at_end"] = max(s.lines for s in final if s) if any(final) else None
+    if profile and (OUT / "profile.txt").exists():
+        out["profile"] = summarize(OUT / "profile.txt")
+    return out
+
+
+def wait_stages(ctx: Ctx, app_id: str, t0: float, timeout: float = 180) -> dict[str, Any]:
+    """Seconds (from worker start) until stage 1 and then stage 2 have committed everything sent to them."""
+    events_topic, partials_topic = f"{app_id}-events", f"{app_id}-partials"
+    lag = GroupLag(ctx.bootstrap, app_id, [events_topic, partials_topic])
+    out: dict[str, Any] = {"stage1_caught_up_s": None, "stage2_caught_up_s": None}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lags = lag.lag()
+            t = round(time.monotonic() - t0, 2)
+            if out["stage1_caught_up_s"] is None and lags[events_topic] == 0:
+                out["stage1_caught_up_s"] = t
+            if out["stage1_caught_up_s"] is not None and lags[partials_topic] == 0:
+                out["stage2_caught_up_s"] = t
+                break
+            time.sleep(0.5)
+        out["final_lag"] = lag.lag()
+    finally:
+        lag.close()
+    return out
+
+
+def start_spies(pid: int, seconds: int) -> list[subprocess.Popen[bytes]]:
+    exe = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+    if exe is None:
+        log("py-spy not found: no profile (pip install -r bench/requirements.txt)")
+        return []
+    log(f"py-spy: recording pid {pid} for {seconds}s -> bench/out/profile.svg, bench/out/profile.txt")
+    for f in ("profile.svg", "profile.txt", "dump.txt"):
+        (OUT / f).unlink(missing_ok=True)
+    logf = (OUT / "py-spy.log").open("wb")
+    return [
+        subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds), "--format", "raw",
+                          "-o", str(OUT / "profile.txt")], stdout=logf, stderr=subprocess.STDOUT),
+        subprocess.Popen([exe, "record", "--pid", str(pid), "--duration", str(seconds), "--nonblocking",
+                          "-o", str(OUT / "profile.svg")], stdout=logf, stderr=subprocess.STDOUT),
+    ]
+
+
+def collect_spies(spies: list[subprocess.Popen[bytes]], pid: int) -> None:
+    for s in spies:
+        try:
+            s.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            s.terminate()
+    exe = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+    if exe:
+        try:
+            dump = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            (OUT / "dump.txt").write_text(dump.stdout + dump.stderr)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# -- phase 4: scaling ----------------------------------------------------------------
+
+
+def phase_scaling(ctx: Ctx, results: dict[str, Any]) -> None:
+    res = results.setdefault("scaling", {})
+    n = preload(ctx)["events"]
+    for workers in (1, 2):
+        log(f"== scaling: {workers} worker(s) in one group over the {n:,} preloaded events (no profiler)")
+        r = measure_workers(ctx, n, workers=workers, label=f"s{workers}", profile=False)
+        r.pop("samples", None)
+        res[str(workers)] = r
+        log(f"scaling: {workers} worker(s): {r['rate_from_first']:,} events/s from the first event")
+    one, two = res["1"]["rate_from_first"], res["2"]["rate_from_first"]
+    res["speedup"] = round(two / one, 2) if one and two else None
+
+
+# -- phase 2: latency ------------------------------------------------------------------
+
+
+def iso_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def phase_latency(ctx: Ctx, results: dict[str, Any]) -> None:
+    from tests.support.slack_api import SlackAPIServer
+
+    a = ctx.args
+    res = results.setdefault("latency", {})
+    app_id = f"{ctx.prefix}-lat"
+    window_ms, lateness_ms = 10_000, 1_000
+    cfg = default_catalogue()
+    cfg["windows"] = [{"size": "10s"}]
+    cfg["allowed_lateness"] = "1s"
+    cfg["idle_timeout"] = a.idle_timeout
+    cfg["topics"] = topics_section(app_id, app_id, PARTITIONS)
+    cfg["targets"] = {"ctr": {"value": "1%", "min_denominator": 150, "renotify": "10s"}}
+    cfg["alerting"] = {"default_channel": "#kpi-bench"}
+    topics = cfg["topics"]
+    # Broker append time on the outputs, so a record's timestamp is when Kafka got it.
+    append = {"message.timestamp.type": "LogAppendTime"}
+    create_topics(ctx.bootstrap, {topics["snapshots"]: PARTITIONS, topics["alerts"]: PARTITIONS},
+                  {topics["snapshots"]: append, topics["alerts"]: append})
+    # Staggered CTR collapses: each opens an incident in a different window, then reminds every window.
+    n_anom = a.latency_anomalies
+    spread = a.latency_seconds * 0.6
+    anomalies = [f"camp-{i:03d}:0.0:{5 + i * spread / max(1, n_anom):.1f}" for i in range(n_anom)]
+    with SlackAPIServer(token=SLACK_TOKEN) as slack:
+        mono_to_wall = time.time() - time.monotonic()
+        env = {"SLACK_BOT_TOKEN": SLACK_TOKEN, "SLACK_CHANNEL": "#kpi-bench", "SLACK_API_URL": slack.base_url}
+        w = WorkerProc(cfg, bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, env=env, name=app_id)
+        log(f"== latency: worker with 10s windows, 1s lateness, idle {a.idle_timeout}; local Slack API at {slack.base_url}")
+        w.start()
+        try:
+            res["worker_ready_s"] = round(w.wait_ready(120), 1)
+            log(f"latency: producing ~{a.latency_rate:,} events/s in real time for {a.latency_seconds}s "
+                f"({a.latency_campaigns} campaigns, {n_anom} with a CTR collapse)")
+            cpu0, t_cpu0 = w.cpu_seconds(), time.monotonic()
+            rss_max = 0
+            producer = subprocess.Popen(
+                [PY, str(BENCH_DIR / "paced.py"), "--bootstrap", ctx.bootstrap, "--prefix", app_id,
+                 "--campaigns", str(a.latency_campaigns), "--events-per-s", str(a.latency_rate),
+                 "--duration", str(a.latency_seconds), *[x for an in anomalies for x in ("--anomaly", an)]],
+                cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            )
+            deadline = time.monotonic() + a.latency_seconds + 180
+            while producer.poll() is None:
+                if time.monotonic() > deadline:
+                    producer.kill()
+                    raise RuntimeError("the paced producer overran its time")
+                w.check_alive()
+                rss_max = max(rss_max, w.rss_kb()[0])
+                time.sleep(1)
+            if producer.returncode != 0:
+                raise RuntimeError(f"paced producer failed (exit code {producer.returncode})")
+            assert producer.stdout is not None
+            res["producer"] = json.loads(producer.stdout.read().strip().splitlines()[-1])
+            cpu1, t_cpu1 = w.cpu_seconds(), time.monotonic()
+            res["worker_cpu_utilization"] = round((cpu1 - cpu0) / (t_cpu1 - t_cpu0), 2)
+            # The last full window closes at its end + lateness; give the outputs time to land.
+            time.sleep(a.drain_seconds)
+            scrape = w.scrape()
+            res["worker_counted"] = scrape.total if scrape else None
+            res["worker_rss_mb_max"] = round(rss_max / 1024)
+        finally:
+            w.stop()
+        slack_posts = [r for r in slack.requests if r.path == "/api/chat.postMessage"]
+        slack_calls = len(slack.requests)
+    prod = res["producer"]
+    start_ms, end_ms = prod["start_ms"], prod["end_ms"]
+
+    def in_run(start: int, end: int) -> bool:
+        # Whole windows only, closed while traffic still flowed (later ones close on the idle timeout).
+        return start >= start_ms and end + lateness_ms <= end_ms
+
+    snaps = read_topic(ctx.bootstrap, topics["snapshots"])
+    per_record: list[float] = []
+    per_window_last: dict[int, float] = {}
+    per_window_first: dict[int, float] = {}
+    ts_types = {t for _, t, _, _ in snaps}
+    for ts, _, _, value in snaps:
+        s = orjson.loads(value)
+        if s["phase"] != "events":
+            continue
+        start, end = iso_ms(s["start"]), iso_ms(s["end"])
+        if not in_run(start, end):
+            continue
+        lat = ts - (end + lateness_ms)
+        per_record.append(lat)
+        per_window_last[start] = max(per_window_last.get(start, -1e18), lat)
+        per_window_first[start] = min(per_window_first.get(start, 1e18), lat)
+    alerts = read_topic(ctx.bootstrap, topics["alerts"])
+    outbox: dict[str, dict[str, Any]] = {}
+    for ts, _, _, value in alerts:
+        ev = orjson.loads(value)
+        outbox[ev["id"]] = {"end": ev["end"], "start": ev["start"], "kind": ev["kind"], "append_ms": ts}
+    alert_lat: list[float] = []
+    outbox_lat: list[float] = []
+    kinds: dict[str, int] = {}
+    seen: set[str] = set()
+    for r in sorted(slack_posts, key=lambda r: r.at):
+        meta = (r.body.get("metadata") or {}).get("event_payload") or {}
+        ev_id = meta.get("id")
+        if ev_id is None or ev_id in seen or ev_id not in outbox:
+            continue
+        seen.add(ev_id)
+        o = outbox[ev_id]
+        if not in_run(o["start"], o["end"]):
+            continue
+        close = o["end"] + lateness_ms
+        alert_lat.append((r.at + mono_to_wall) * 1000 - close)
+        outbox_lat.append(o["append_ms"] - close)
+        kinds[o["kind"]] = kinds.get(o["kind"], 0) + 1
+
+    def stats(xs: list[float]) -> dict[str, Any]:
+        return {"n": len(xs), "p50_ms": _r(percentile(xs, 50)), "p99_ms": _r(percentile(xs, 99)),
+                "max_ms": _r(max(xs) if xs else None), "min_ms": _r(min(xs) if xs else None)}
+
+    res.update({
+        "window_ms": window_ms,
+        "lateness_ms": lateness_ms,
+        "idle_timeout": a.idle_timeout,
+        "snapshot_timestamp_types": sorted(ts_types),
+        "windows_measured": len(per_window_last),
+        "snapshot_records": stats(per_record),
+        "snapshot_window_first": stats(list(per_window_first.values())),
+        "snapshot_window_last": stats(list(per_window_last.values())),
+        "close_to_outbox": stats(outbox_lat),
+        "close_to_slack": stats(alert_lat),
+        "alert_kinds": kinds,
+        "outbox_events": len(outbox),
+        "slack_requests": slack_calls,
+        "slack_posts": len(slack_posts),
+    })
+    log(f"latency: close->snapshot p50 {res['snapshot_records']['p50_ms']} ms p99 {res['snapshot_records']['p99_ms']} ms; "
+        f"close->Slack p50 {res['close_to_slack']['p50_ms']} ms p99 {res['close_to_slack']['p99_ms']} ms "
+        f"({len(alert_lat)} alerts)")
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+# -- phase 3: memory ----------------------------------------------------------------------
+
+
+def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
+    a = ctx.args
+    res = results.setdefault("memory", {})
+    app_id = f"{ctx.prefix}-mem"
+    cfg = default_catalogue()  # 1m and 1h windows, 10s lateness, every KPI
+    cfg["topics"] = topics_section(app_id, app_id, PARTITIONS)
+    cfg["targets"] = {"ctr": {"value": "2%", "min_denominator": 100, "confidence": 0.95}}
+    w = WorkerProc(cfg, bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, name=app_id)
+    log(f"== memory: {a.memory_campaigns:,} campaigns at ~{a.memory_rate:,} events/s in real time for {a.memory_seconds}s")
+    samples: list[tuple[float, int]] = []
+    w.start()
+    t0 = time.monotonic()
+    try:
+        res["worker_ready_s"] = round(w.wait_ready(120), 1)
+        res["rss_mb_idle"] = round(w.rss_kb()[0] / 1024)
+        producer = subprocess.Popen(
+            [PY, str(BENCH_DIR / "paced.py"), "--bootstrap", ctx.bootstrap, "--prefix", app_id,
+             "--campaigns", str(a.memory_campaigns), "--events-per-s", str(a.memory_rate),
+             "--duration", str(a.memory_seconds), "--ctr-low", "0.02", "--ctr-high", "0.06"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + a.memory_seconds + 240
+        last_log = time.monotonic()
+        while producer.poll() is None:
+            if time.monotonic() > deadline:
+                producer.kill()
+                raise RuntimeError("the paced producer overran its time")
+            w.check_alive()
+            samples.append((round(time.monotonic() - t0, 1), w.rss_kb()[0]))
+            if time.monotonic() - last_log > 15:
+                last_log = time.monotonic()
+                log(f"memory: RSS {samples[-1][1] / 1024:,.0f} MB at {samples[-1][0]:.0f}s")
+            time.sleep(1)
+        if producer.returncode != 0:
+            raise RuntimeError(f"paced producer failed (exit code {producer.returncode})")
+        assert producer.stdout is not None
+        res["producer"] = json.loads(producer.stdout.read().strip().splitlines()[-1])
+        # Keep sampling while the last windows close on the idle timeout.
+        tail_end = time.monotonic() + a.memory_tail
+        while time.monotonic() < tail_end:
+            w.check_alive()
+            samples.append((round(time.monotonic() - t0, 1), w.rss_kb()[0]))
+            time.sleep(1)
+        scrape = w.scrape(timeout=120)
+        rss, hwm = w.rss_kb()
+        res.update({
+            "rss_mb_max_sampled": round(max(s for _, s in samples) / 1024),
+            "rss_mb_hwm": round(hwm / 1024),
+            "rss_mb_end": round(rss / 1024),
+            "counted": scrape.total if scrape else None,
+            "snapshots": scrape.snapshots if scrape else None,
+            "metrics_scrape_s": round(scrape.seconds, 2) if scrape else None,
+            "metrics_scrape_mb": round(scrape.bytes / 1e6, 1) if scrape else None,
+            "metrics_lines": scrape.lines if scrape else None,
+            "samples_mb": [(t, round(kb / 1024)) for t, kb in samples[:: max(1, len(samples) // 60)]],
+        })
+        # Growth over the last minute of traffic, to see whether a longer run would keep growing.
+        prod_end = res["producer"]["end_ms"]
+        late = [(t, kb) for t, kb in samples if t >= max(0.0, samples[-1][0] - a.memory_tail - 60)]
+        if len(late) > 5:
+            res["rss_growth_mb_per_min"] = round((late[-1][1] - late[0][1]) / 1024 / ((late[-1][0] - late[0][0]) / 60), 1)
+        res["producer_end_ms"] = prod_end
+    finally:
+        w.stop()
+    log(f"memory: max RSS {res.get('rss_mb_max_sampled')} MB (VmHWM {res.get('rss_mb_hwm')} MB); "
+        f"/metrics {res.get('metrics_scrape_mb')} MB in {res.get('metrics_scrape_s')}s")
+
+
+# -- main ---------------------------------------------------------------------------------
+
+PHASES = {"throughput": phase_throughput, "latency": phase_latency, "memory": phase_memory, "scaling": phase_scaling}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k events and shorter phases")
+    ap.add_argument("--events", type=int, help="events to preload (default 1,000,000; 100,000 with --quick)")
+    ap.add_argument("--phases", default="throughput,scaling,latency,memory")
+    ap.add_argument("--campaigns", type=int, default=1000, help="campaigns in the preloaded mix")
+    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
+    ap.add_argument("--profile-seconds", type=int)
+    ap.add_argument("--poll", type=float, default=0.5, help="seconds between /metrics polls")
+    ap.add_argument("--worker-timeout", type=float, help="seconds a throughput run may take")
+    ap.add_argument("--latency-rate", type=int, default=5000)
+    ap.add_argument("--latency-seconds", type=int)
+    ap.add_argument("--latency-campaigns", type=int, default=100)
+    ap.add_argument("--latency-anomalies", type=int, default=10)
+    ap.add_argument("--idle-timeout", default="2s", help="idle_timeout of the latency worker")
+    ap.add_argument("--drain-seconds", type=float, default=15)
+    ap.add_argument("--memory-campaigns", type=int, default=10_000)
+    ap.add_argument("--memory-rate", type=int, default=2000)
+    ap.add_argument("--memory-seconds", type=int)
+    ap.add_argument("--memory-tail", type=int, default=20)
+    ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    a = ap.parse_args()
+    a.events = a.events or (100_000 if a.quick else 1_000_000)
+    a.profile_seconds = a.profile_seconds or (8 if a.quick else 20)
+    a.latency_seconds = a.latency_seconds or (30 if a.quick else 60)
+    a.memory_seconds = a.memory_seconds or (45 if a.quick else 150)
+    phases = [p.strip() for p in a.phases.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in PHASES]
+    if unknown:
+        ap.error(f"unknown phases {unknown}; choose from {', '.join(PHASES)}")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(OUT / "tmp", ignore_errors=True)  # the previous run's worker logs and data
+    results: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(PY).name, *[os.path.relpath(sys.argv[0], ROOT)], *sys.argv[1:]]),
+        "quick": a.quick,
+        "params": {k: v for k, v in vars(a).items() if k != "doc"},
+        "machine": machine_info(),
+        "errors": {},
+    }
+    t_all = time.monotonic()
+    with broker() as (bootstrap, broker_version):
+        results["versions"] = versions(broker_version)
+        results["external_broker"] = bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+        ctx = Ctx(a, bootstrap)
+        try:
+            for name in phases:
+                t = time.monotonic()
+                try:
+                    PHASES[name](ctx, results)
+                except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others
+                    log(f"phase {name} failed: {exc}")
+                    results["errors"][name] = "".join(traceback.format_exception_only(type(exc), exc)).strip()[-3000:]
+                    traceback.print_exc()
+                results.setdefault("durations_s", {})[name] = round(time.monotonic() - t, 1)
+                save(results, a)
+        finally:
+            if results["external_broker"]:
+                log(f"deleted {delete_topics(bootstrap, ctx.prefix)} topics of this run")
+    results["total_s"] = round(time.monotonic() - t_all, 1)
+    save(results, a)
+    log(f"done in {results['total_s']:.0f}s; wrote {os.path.relpath(a.doc, ROOT)} and bench/out/results.json")
+    if results["errors"]:
+        sys.exit(1)
+
+
+def save(results: dict[str, Any], a: argparse.Namespace) -> None:
+    (OUT / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    Path(a.doc).write_text(report.render(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Summarize py-spy's raw (collapsed-stack) output: self and total time per function and per package."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
+
+
+def short_file(path: str) -> str:
+    """A readable location: package-relative for site-packages and the project, stdlib/... for the stdlib."""
+    if "site-packages/" in path:
+        return path.split("site-packages/", 1)[1]
+    for top in ("kpi_core/", "streams/", "kpimon/", "alerts/", "bench/", "tests/"):
+        i = path.find("/" + top)
+        if i >= 0:
+            return path[i + 1 :]
+    m = re.search(r"lib/python3\.\d+/(.*)$", path)
+    if m:
+        return "stdlib/" + m.group(1)
+    return path
+
+
+def package(path: str) -> str:
+    """Which component a file belongs to: kpi_core, streams, faust, aiokafka, stdlib:asyncio, ..."""
+    f = short_file(path)
+    if f.startswith("stdlib/"):
+        rest = f[len("stdlib/") :]
+        return "stdlib:" + rest.split("/", 1)[0].removesuffix(".py")
+    return f.split("/", 1)[0].removesuffix(".py")
+
+
+def parse_frame(frame: str) -> tuple[str, str]:
+    m = _FRAME.match(frame.strip())
+    if not m:
+        return frame.strip(), "?"
+    return m.group("func"), m.group("file")
+
+
+def summarize(raw_path: Path, top: int = 20) -> dict[str, Any]:
+    """Self time (the innermost frame), total time (anywhere on the stack) and per-package self time."""
+    total = 0
+    self_time: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    pkg_self: Counter[str] = Counter()
+    pkg_incl: Counter[str] = Counter()
+    for line in raw_path.read_text(errors="replace").splitlines():
+        line = line.rstrip()
+        if not line:
+            continue
+        stack, _, count_s = line.rpartition(" ")
+        try:
+            count = int(count_s)
+        except ValueError:
+            continue
+        frames = [parse_frame(f) for f in stack.split(";") if f]
+        if not frames:
+            continue
+        total += count
+        func, file = frames[-1]
+        self_time[f"{func} ({short_file(file)})"] += count
+        pkg_self[package(file)] += count
+        seen: set[str] = set()
+        seen_pkg: set[str] = set()
+        for func, file in frames:
+            key = f"{func} ({short_file(file)})"
+            if key not in seen:
+                seen.add(key)
+                incl[key] += count
+            p = package(file)
+            if p not in seen_pkg:
+                seen_pkg.add(p)
+                pkg_incl[p] += count
+
+    def pct(c: int) -> float:
+        return round(100 * c / total, 1) if total else 0.0
+
+    own = ("kpi_core/", "streams/", "alerts/", "kpimon/")
+    return {
+        "samples": total,
+        "self": [(k, pct(v)) for k, v in self_time.most_common(top)],
+        "total": [(k, pct(v)) for k, v in incl.most_common(top * 3) if pct(v) < 99.5][:top],
+        "own_total": [(k, pct(v)) for k, v in incl.most_common() if any(f"({o}" in k for o in own)][:top],
+        "packages_self": [(k, pct(v)) for k, v in pkg_self.most_common(15)],
+        "packages_total": [(k, pct(v)) for k, v in pkg_incl.most_common(15)],
+    }
