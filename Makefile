@@ -34,3 +34,10 @@ clean:
 	    rm -rf "$$dir" && echo "removed $$dir"; \
 	  fi; \
 	done
+
+# Benchmarks (not tests): throughput vs a raw consumer, latency to Slack, memory, scaling.
+# Rewrites docs/benchmarks.md; BENCH_ARGS=--quick for a short run. See bench/run.py.
+.PHONY: bench
+bench: install
+	$(PYTHON) -m pip install -q -r bench/requirements.txt
+	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -144,6 +144,23 @@ def external_broker_version(bootstrap: str) -> str:
         return f"external (version unknown: {type(exc).__name__})"
 
 
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
 # -- broker --------------------------------------------------------------------
 
 
@@ -250,7 +267,7 @@ class GroupLag:
             parts = self.consumer.partitions_for_topic(t) or set()
             tps += [TopicPartition(t, p) for p in parts]
         ends = self.consumer.end_offsets(tps) if tps else {}
-        committed = self.admin.list_consumer_group_offsets(self.group)
+        committed = self.admin.list_group_offsets({self.group: None}).get(self.group, {})
         out = {t: 0 for t in self.topics}
         for tp, end in ends.items():
             c = committed.get(tp)
@@ -320,7 +337,7 @@ class WorkerProc:
         logf = self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path), "--loglevel", "warning"],
+            [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path)],
             env=self.env, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         logf.close()
@@ -395,6 +412,26 @@ class WorkerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def steady_rate(cfg: Any, warmup_s: int = 120, measure_s: int = 30) -> float:
+    """Events per second of event time once journeys (sessions, leads, orders) have filled in."""
+    from kpimon.simulator import generate
+
+    start = 1_700_000_000_000
+    cut = start + warmup_s * 1000
+    n = sum(1 for _, obj in generate(cfg, start_ms=start, duration_s=warmup_s + measure_s) if obj["ts"] >= cut)
+    return n / measure_s
+
+
+def steady_events(cfg: Any, start_ms: int, warmup_s: int = 120) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The simulator's events from ``start_ms`` on, as if it had been running ``warmup_s`` already
+    (so clicks already have their sessions, leads and orders following them)."""
+    from kpimon.simulator import generate
+
+    for etype, obj in generate(cfg, start_ms=start_ms - warmup_s * 1000, duration_s=None):
+        if obj["ts"] >= start_ms:
+            yield etype, obj
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -14,18 +14,64 @@ import gc
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, source_topics  # noqa: E402
+from common import log, source_topics, steady_events  # noqa: E402
 
 from kpi_core import config as config_mod  # noqa: E402
+from kpi_core.aggregate import PartitionAggregator  # noqa: E402
 from kpi_core.events import decode  # noqa: E402
 from kpi_core.pipeline import LocalPipeline  # noqa: E402
 from kpi_core.plan import Plan  # noqa: E402
-from kpimon.simulator import SimConfig, generate  # noqa: E402
+from kpimon.simulator import SimConfig  # noqa: E402
+
+
+def state_writes(plan: Plan, raws: list[tuple[str, str, bytes]], batch: int, partitions: int = 4) -> dict[str, Any]:
+    """Stage-1 state writes (changelog records) per event, as the worker makes them and coalesced.
+
+    Emulates the worker's shape: router batches of ``batch`` events split by campaign hash over
+    ``partitions`` stage-1 aggregators, and the state's ``changes()`` stored after every
+    partition message (as ``streams/app.py`` does), or after every 10th (coalesced).
+    """
+    out: dict[str, Any] = {"events": len(raws), "partitions": partitions, "router_batch": batch}
+    for every in (1, 10):
+        aggs = [PartitionAggregator(plan, idle_ms=plan.config.idle_timeout) for _ in range(partitions)]
+        records = total = sketch = 0
+        offsets: dict[str, int] = {}
+        messages = 0
+        for i in range(0, len(raws), batch):
+            buckets: list[list[Any]] = [[] for _ in range(partitions)]
+            latest: dict[str, int] = {}
+            for topic, etype, raw in raws[i : i + batch]:
+                ev = decode(raw, etype)
+                off = offsets[topic] = offsets.get(topic, -1) + 1
+                latest[topic] = max(latest.get(topic, 0), ev.ts)
+                buckets[zlib.crc32(ev.data["campaign"].encode()) % partitions].append((topic, off, ev.type, ev.ts, ev.data))
+            messages += 1
+            for p, agg in enumerate(aggs):
+                agg.apply(buckets[p])
+                for src, ts in latest.items():
+                    agg.observe(src, ts, None)
+                agg.advance(None)
+                if messages % every == 0:
+                    for key, value in agg.changes():
+                        records += 1
+                        body = orjson.dumps(value) if value is not None else b""
+                        total += len(key) + 4 + len(body)
+                        if value is not None and "v" in value:
+                            sketch += sum(len(x) for x in value["v"] if isinstance(x, str))
+        n = max(1, len(raws))
+        out[f"every_{every}"] = {
+            "records_per_event": round(records / n, 2),
+            "bytes_per_event": round(total / n),
+            "sketch_share": round(sketch / total, 2) if total else 0.0,
+        }
+    return out
 
 
 def main() -> None:
@@ -36,6 +82,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--state-events", type=int, default=200_000, help="events for the state-write what-if")
     args = ap.parse_args()
 
     cfg = config_mod.load(args.config)
@@ -44,7 +91,7 @@ def main() -> None:
     topic_of = {etype: topic for topic, etype in source_topics("compute").items()}
     start_ms = int(time.time() * 1000) - 3_600_000
     raws: list[tuple[str, str, bytes]] = []
-    for etype, obj in generate(sim, start_ms=start_ms, duration_s=None):
+    for etype, obj in steady_events(sim, start_ms):
         raws.append((topic_of[etype], etype, orjson.dumps(obj)))
         if len(raws) >= args.events:
             break
@@ -71,7 +118,9 @@ def main() -> None:
     outputs += len(pipe.feed(batch))
     pipeline_s = time.perf_counter() - t0
     n = len(raws)
+    writes = state_writes(plan, raws[: args.state_events], args.batch)
     print(json.dumps({
+        "state_writes": writes,
         "events": n,
         "decode_rate": round(n / decode_s),
         "pipeline_rate": round(n / pipeline_s),

@@ -17,26 +17,19 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, percentile, source_topics  # noqa: E402
+from common import log, percentile, source_topics, steady_rate  # noqa: E402
 
 from kpimon.producer import message_key  # noqa: E402
 from kpimon.simulator import Anomaly, SimConfig, generate  # noqa: E402
 
 
-def steady_rate(cfg: SimConfig, warmup_s: int = 60, measure_s: int = 30) -> float:
-    """Events per second of event time once journeys (sessions, leads, orders) have filled in."""
-    start = 1_700_000_000_000
-    cut = start + warmup_s * 1000
-    n = sum(1 for _, obj in generate(cfg, start_ms=start, duration_s=warmup_s + measure_s) if obj["ts"] >= cut)
-    return n / measure_s
-
-
 def calibrate(campaigns: int, target: float, ctr_range: tuple[float, float], seed: int) -> tuple[float, float]:
     """The per-campaign impression rate that gives ``target`` events/s, and the rate it gives."""
     # Spend is per campaign and interval, not per impression: fit rate -> events/s as a line.
-    r1, r2 = 0.5, 1.0
-    e1 = steady_rate(SimConfig(campaigns=campaigns, rate=r1, ctr_range=ctr_range, seed=seed))
-    e2 = steady_rate(SimConfig(campaigns=campaigns, rate=r2, ctr_range=ctr_range, seed=seed))
+    r1 = max(0.005, target / campaigns / 1.3 / 2)
+    r2 = 2 * r1
+    e1 = steady_rate(SimConfig(campaigns=campaigns, rate=r1, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
+    e2 = steady_rate(SimConfig(campaigns=campaigns, rate=r2, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
     slope = (e2 - e1) / (r2 - r1)
     rate = max(0.001, (target - (e1 - slope * r1)) / slope)
     return rate, e1 + slope * (rate - r1)
@@ -69,7 +62,11 @@ def main() -> None:
     log(f"paced: {args.campaigns} campaigns at {rate:.3f} impressions/s each (~{expected:,.0f} events/s at steady state) "
         f"for {args.duration:.0f}s, {len(anomalies)} anomalies")
 
-    start_ms = int(time.time() * 1000) + 500
+    # The simulator starts cold (no sessions, leads or orders under way); run it 2 minutes of
+    # event time ahead and send only what follows, so the mix is steady from the first second.
+    # Generating the warm-up takes a few seconds, hence the start 10 s from now.
+    warmup_s = 120
+    start_ms = int(time.time() * 1000) + 10_000
     behind: list[float] = []
     failed = 0
     sent = 0
@@ -79,8 +76,12 @@ def main() -> None:
         nonlocal failed
         failed += 1
 
-    for etype, obj in generate(cfg, start_ms=start_ms, duration_s=args.duration, anomalies=anomalies):
+    shifted = [Anomaly(a.campaign, a.kpi, a.factor, a.start_s + warmup_s) for a in anomalies]
+    gen_start = start_ms - warmup_s * 1000
+    for etype, obj in generate(cfg, start_ms=gen_start, duration_s=warmup_s + args.duration, anomalies=shifted):
         ts = obj["ts"]
+        if ts < start_ms:
+            continue
         wait_ms = ts - time.time() * 1000
         if wait_ms > 1:
             time.sleep(wait_ms / 1000)

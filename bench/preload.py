@@ -16,17 +16,10 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, source_topics  # noqa: E402
+from common import log, source_topics, steady_events, steady_rate  # noqa: E402
 
 from kpimon.producer import message_key  # noqa: E402
-from kpimon.simulator import SimConfig, generate  # noqa: E402
-
-
-def events_per_second(cfg: SimConfig, seconds: int = 30) -> float:
-    """Events per second of event time this config produces (after a short warm-up)."""
-    start = 1_700_000_000_000
-    n = sum(1 for _ in generate(cfg, start_ms=start, duration_s=seconds))
-    return n / seconds
+from kpimon.simulator import SimConfig  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +35,7 @@ def main() -> None:
     from kafka import KafkaProducer
 
     cfg = SimConfig(campaigns=args.campaigns, rate=args.rate, seed=args.seed)
-    eps = events_per_second(cfg)
+    eps = steady_rate(cfg)
     span_s = args.events / eps
     now_ms = int(time.time() * 1000)
     start_ms = now_ms - int(span_s * 1000)
@@ -53,7 +46,7 @@ def main() -> None:
     t0 = time.monotonic()
     records: list[tuple[str, bytes | None, bytes, int]] = []
     per_type: dict[str, int] = {}
-    for etype, obj in generate(cfg, start_ms=start_ms, duration_s=None):
+    for etype, obj in steady_events(cfg, start_ms):
         records.append((topic_for[etype], message_key(obj), orjson.dumps(obj), obj["ts"]))
         per_type[etype] = per_type.get(etype, 0) + 1
         if len(records) >= args.events:
@@ -64,7 +57,7 @@ def main() -> None:
 
     producer = KafkaProducer(
         bootstrap_servers=args.bootstrap.split(","), acks=1, linger_ms=50, batch_size=256 * 1024,
-        buffer_memory=256 * 1024 * 1024, max_request_size=4 * 1024 * 1024,
+        max_request_size=4 * 1024 * 1024,
     )
     failed = 0
     first_error: list[BaseException] = []

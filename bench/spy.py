@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
 def short_file(path: str) -> str:
-    """A readable location: package-relative for site-packages and the project, stdlib/... for the stdlib."""
+    """A readable location: package-relative (py-spy already shortens most paths that way)."""
     if "site-packages/" in path:
         return path.split("site-packages/", 1)[1]
     for top in ("kpi_core/", "streams/", "kpimon/", "alerts/", "bench/", "tests/"):
@@ -20,17 +21,17 @@ def short_file(path: str) -> str:
             return path[i + 1 :]
     m = re.search(r"lib/python3\.\d+/(.*)$", path)
     if m:
-        return "stdlib/" + m.group(1)
+        return m.group(1)
     return path
 
 
 def package(path: str) -> str:
     """Which component a file belongs to: kpi_core, streams, faust, aiokafka, stdlib:asyncio, ..."""
     f = short_file(path)
-    if f.startswith("stdlib/"):
-        rest = f[len("stdlib/") :]
-        return "stdlib:" + rest.split("/", 1)[0].removesuffix(".py")
-    return f.split("/", 1)[0].removesuffix(".py")
+    if f.startswith("<frozen "):
+        return "stdlib:" + f[len("<frozen ") :].rstrip(">")
+    top = f.split("/", 1)[0].removesuffix(".py")
+    return f"stdlib:{top}" if top in sys.stdlib_module_names else top
 
 
 def parse_frame(frame: str) -> tuple[str, str]:

@@ -179,6 +179,12 @@ class PartitionAggregator:
         self.watermark.observe(source, ts, now)
         self._dirty.add(("w",))
 
+    def report(self, progress: dict[str, int], backlog: set[str], now: float) -> None:
+        """One router report: every source's progress, and which still have a backlog."""
+        for source, ts in progress.items():
+            self.observe(source, ts, now)
+        self.watermark.report(now, set(progress), backlog)
+
     # -- closing ---------------------------------------------------------------
 
     def advance(self, now: float | None, *, force: int | None = None) -> list[Partial] | None:

@@ -303,6 +303,7 @@ class Config(_Model):
     allowed_lateness: int = 10_000
     session_timeout: int = 1_800_000
     idle_timeout: int = 10_000
+    max_future: int = 3_600_000  # live only: events stamped further ahead of the wall clock are dead-lettered
     breakdowns: list[list[str]] = [["campaign"], ["channel"], []]
     measures: dict[str, Measure]
     kpis: dict[str, Kpi]
@@ -312,7 +313,7 @@ class Config(_Model):
     metrics_port: int = Field(default=6066, ge=0, le=65535)
     top_campaigns: int = Field(default=0, ge=0)  # reserved: label bounding arrives with the reliability work
 
-    _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", mode="before")(
+    _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", "max_future", mode="before")(
         lambda v: parse_duration(v)
     )
 

@@ -17,33 +17,41 @@ class Watermark:
     """How far event time has certainly progressed, across several sources.
 
     Each source (one partition of one input topic) reports the largest event time
-    it has delivered. The watermark is the minimum over the sources still active,
-    so one topic read ahead of another does not make the other's events look late.
-    A source known to exist but without data yet holds the watermark back too, so
-    a topic whose consumption starts a little later is not judged late.
-    A source that has been silent for ``idle_ms`` of wall-clock time stops holding
-    the watermark back; when every source is silent, event time is assumed to
-    advance with the wall clock, so a quiet stream still closes its windows.
-    Without a wall clock (``now=None``, as in replay) every source counts as active.
+    it has delivered. The watermark is the minimum over the sources, so one topic
+    read ahead of another does not make the other's events look late; a source
+    known to exist but without data yet (-1) holds it back too.
+
+    Idleness, on the wall clock, so a quiet stream still closes its windows: a source
+    that has no backlog left (the router says so in every report) and has not
+    progressed for ``idle_ms`` stops holding the watermark; when every source is
+    idle, event time is assumed to advance with the wall clock. All of that only
+    while the router is heard from: if its reports stop (it is stalled, busy or
+    dead), nothing is assumed and the watermark waits for the slowest source.
+    Without a wall clock (``now=None``, as in replay) every source counts.
     """
 
-    __slots__ = ("idle_ms", "latest", "seen_at")
+    __slots__ = ("idle_ms", "latest", "seen_at", "backlog", "heard_at")
 
     def __init__(self, idle_ms: int) -> None:
         self.idle_ms = idle_ms
         self.latest: dict[str, int] = {}  # source -> largest event time seen
-        self.seen_at: dict[str, float] = {}  # source -> wall-clock ms of its last report
+        self.seen_at: dict[str, float] = {}  # source -> wall-clock ms it last progressed
+        self.backlog: set[str] = set()  # sources with messages not yet read, as last reported
+        self.heard_at: dict[str, float] = {}  # source -> wall-clock ms of its router's last report
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
-        """A source reports its largest event time so far; -1 means it has delivered nothing yet.
-
-        Only progress counts as activity: a source that keeps reporting the same
-        time (or nothing at all) goes idle after ``idle_ms``.
-        """
+        """A source reports its largest event time so far; -1 means it has delivered nothing yet."""
         if source not in self.latest or ts > self.latest[source]:
             self.latest[source] = ts
             if now is not None:
                 self.seen_at[source] = now
+
+    def report(self, now: float, sources: set[str], backlog: set[str]) -> None:
+        """A router's word on the sources it reads: heard now, and which still have messages to read."""
+        for src in sources:
+            self.heard_at[src] = now
+            self.seen_at.setdefault(src, now)  # e.g. restored from storage: idle only from now on
+        self.backlog = (self.backlog - sources) | backlog
 
     def current(self, now: float | None) -> int | None:
         """The watermark in epoch ms, or None before any event was seen."""
@@ -51,10 +59,15 @@ class Watermark:
             return None
         if now is None:
             return min(self.latest.values())
-        for src in self.latest.keys() - self.seen_at.keys():
-            self.seen_at[src] = now  # restored from storage: idle only from now on
-        active = [ts for src, ts in self.latest.items() if now - self.seen_at.get(src, now) <= self.idle_ms]
+        idle = self.idle_ms
+        active = [
+            ts
+            for src, ts in self.latest.items()
+            if now - self.heard_at.get(src, -idle - 1.0) > idle  # its router is silent: assume nothing
+            or src in self.backlog
+            or now - self.seen_at.get(src, -idle - 1.0) <= idle
+        ]
         if active:
             return min(active)
-        quiet_for = now - max(self.seen_at.values()) - self.idle_ms
-        return max(self.latest.values()) + int(quiet_for)
+        quiet_for = now - max(self.seen_at.values(), default=now) - idle
+        return max(self.latest.values()) + max(0, int(quiet_for))

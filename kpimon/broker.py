@@ -12,9 +12,10 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated, BinaryIO, Literal
 
 import typer
 from rich.console import Console
@@ -43,6 +44,35 @@ logger.server.level=INFO
 
 class BrokerError(KpimonError):
     """The local Kafka broker could not be fetched, started or stopped."""
+
+
+SecureProtocol = Literal["SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+#: What a local broker's SASL listeners offer: PLAIN checks the JAAS config, SCRAM the cluster metadata.
+SASL_MECHANISMS = ("PLAIN", *SCRAM_MECHANISMS)
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """An extra client listener beside PLAINTEXT, to run TLS and SASL clients against a local broker.
+
+    ``require_client_cert`` (SSL and SASL_SSL only) asks clients for a certificate signed by
+    ``BrokerTls.client_cafile``: mutual TLS.
+    """
+
+    protocol: SecureProtocol
+    port: int
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's certificate for its SSL and SASL_SSL listeners, as PEM files."""
+
+    certfile: Path  # the broker's certificate, then any intermediates
+    keyfile: Path  # its private key: PKCS#8 ("BEGIN PRIVATE KEY"), not encrypted
+    client_cafile: Path | None = None  # the CA that signs client certificates, for require_client_cert
 
 
 @dataclass(frozen=True)
@@ -95,7 +125,13 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 class LocalBroker:
-    """A single-node KRaft broker whose jars, data and logs live under ``<root>/.cache/kafka``."""
+    """A single-node KRaft broker whose jars, data and logs live under ``<root>/.cache/kafka``.
+
+    It always listens for PLAINTEXT on ``port``. ``listeners`` adds SSL, SASL_PLAINTEXT or
+    SASL_SSL listeners for trying secured clients; ``tls`` is then the broker's certificate and
+    ``sasl_users`` the accounts (user -> password, for PLAIN and SCRAM). Those passwords are for
+    test accounts: they are written to the broker's data dir and StorageTool's command line.
+    """
 
     def __init__(
         self,
@@ -103,9 +139,17 @@ class LocalBroker:
         port: int = DEFAULT_PORT,
         controller_port: int | None = None,
         name: str = "local",
+        *,
+        listeners: Sequence[SecureListener] = (),
+        tls: BrokerTls | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "libs":
             raise BrokerError(f"invalid broker name {name!r}: use letters, digits, '.', '_' or '-', not 'libs'")
+        _check_listeners(listeners, tls, sasl_users or {})
+        self.listeners = tuple(listeners)
+        self.tls = tls
+        self.sasl_users = dict(sasl_users or {})
         self.root = Path(root)
         self.port = port
         self.controller_port = controller_port if controller_port is not None else port + 1
@@ -117,6 +161,7 @@ class LocalBroker:
         self.pid_file = self.data_dir / "broker.pid"
         self._properties = self.data_dir / "server.properties"
         self._log4j = self.data_dir / "log4j2.properties"
+        self._keystore = self.data_dir / "keystore.pem"
         self._storage = self.data_dir / "storage"
         self._pom = self.root / "deploy" / "kafka" / "pom.xml"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -125,6 +170,13 @@ class LocalBroker:
     def bootstrap(self) -> str:
         """Return the bootstrap address this broker is configured for."""
         return f"{HOST}:{self.port}"
+
+    def listener_bootstrap(self, protocol: SecureProtocol) -> str:
+        """Return the bootstrap address of the extra listener speaking ``protocol``."""
+        for listener in self.listeners:
+            if listener.protocol == protocol:
+                return f"{HOST}:{listener.port}"
+        raise BrokerError(f"broker {self.name!r} has no {protocol} listener")
 
     def ensure_jars(self) -> Path:
         """Fetch the broker's jars with Maven unless a complete earlier fetch of this pom is cached."""
@@ -181,7 +233,7 @@ class LocalBroker:
                 )
             return self._wait_ready(timeout)
         self.pid_file.unlink(missing_ok=True)
-        for port in (self.port, self.controller_port):
+        for port in (self.port, self.controller_port, *(listener.port for listener in self.listeners)):
             if _port_in_use(port):
                 raise BrokerError(
                     f"port {port} on {HOST} is already in use; pick another port, stop whatever "
@@ -193,7 +245,13 @@ class LocalBroker:
         libs = self.ensure_jars()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log4j.write_text(_LOG4J2)
+        if self.tls is not None:
+            # Kafka's PEM key store is one file holding the key and its certificate chain.
+            self._keystore.write_text(self.tls.keyfile.read_text() + "\n" + self.tls.certfile.read_text())
+            self._keystore.chmod(0o600)
         self._properties.write_text(self._server_properties())
+        if self.sasl_users:
+            self._properties.chmod(0o600)  # it holds the PLAIN passwords
         classpath = ["-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={self._log4j}"]
         with self.log_file.open("wb") as log:
             if not (self._storage / "meta.properties").is_file():
@@ -232,6 +290,11 @@ class LocalBroker:
         """Format the storage directory as a new single-voter KRaft cluster."""
         cmd = [java, *classpath, "kafka.tools.StorageTool", "format", "--standalone",
                "-t", _kafka_uuid(), "-c", str(self._properties)]
+        if any(listener.protocol.startswith("SASL_") for listener in self.listeners):
+            # SCRAM credentials live in the cluster metadata; formatting is the one time to add them offline.
+            for user, password in self.sasl_users.items():
+                for mechanism in SCRAM_MECHANISMS:
+                    cmd += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
         result = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         if result.returncode != 0:
             log.flush()
@@ -264,7 +327,39 @@ class LocalBroker:
             # Topics are created explicitly, so a typo fails loudly instead of making a new topic.
             "auto.create.topics.enable": "false",
         }
+        if self.listeners:
+            settings.update(self._secure_properties())
         return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _secure_properties(self) -> dict[str, str]:
+        """Return the settings that add the extra TLS and SASL listeners (PLAINTEXT stays for brokers' own use)."""
+        extra = ",".join(f"{lst.protocol}://{HOST}:{lst.port}" for lst in self.listeners)
+        protocols = ",".join(f"{lst.protocol}:{lst.protocol}" for lst in self.listeners)
+        settings = {
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},{extra},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port},{extra}",
+            "listener.security.protocol.map": f"PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,{protocols}",
+            "inter.broker.listener.name": "PLAINTEXT",
+        }
+        if self.tls is not None:
+            settings["ssl.keystore.type"] = "PEM"
+            settings["ssl.keystore.location"] = str(self._keystore)
+            if self.tls.client_cafile is not None:
+                settings["ssl.truststore.type"] = "PEM"
+                settings["ssl.truststore.location"] = str(self.tls.client_cafile)
+        users = " ".join(f'user_{user}="{password}"' for user, password in self.sasl_users.items())
+        for lst in self.listeners:
+            prefix = f"listener.name.{lst.protocol.lower()}."
+            if lst.require_client_cert:
+                settings[prefix + "ssl.client.auth"] = "required"
+            if lst.protocol.startswith("SASL_"):
+                settings[prefix + "sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+                settings[prefix + "plain.sasl.jaas.config"] = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+                for mechanism in SCRAM_MECHANISMS:
+                    settings[prefix + f"{mechanism.lower()}.sasl.jaas.config"] = (
+                        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                    )
+        return settings
 
     def _running_bootstrap(self) -> str:
         """Return the bootstrap address from the config the running broker was started with."""
@@ -272,7 +367,7 @@ class LocalBroker:
             text = self._properties.read_text()
         except FileNotFoundError:
             return self.bootstrap
-        match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+        match = re.search(r"^advertised\.listeners=PLAINTEXT://([^,\s]+)", text, re.MULTILINE)
         return match.group(1) if match else self.bootstrap
 
     def _read_pid(self) -> int | None:
@@ -351,6 +446,27 @@ class LocalBroker:
                     f"{_tail(self.log_file)}"
                 )
             time.sleep(0.5)
+
+
+def _check_listeners(listeners: Sequence[SecureListener], tls: BrokerTls | None, users: Mapping[str, str]) -> None:
+    """Reject extra listeners the broker could not start with, before anything is written."""
+    protocols = [listener.protocol for listener in listeners]
+    if len(set(protocols)) != len(protocols):
+        raise BrokerError(f"one extra listener per protocol, got {', '.join(protocols)}")
+    for listener in listeners:
+        if listener.protocol not in ("SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise BrokerError(f"unknown listener protocol {listener.protocol!r}")
+        uses_tls = listener.protocol.endswith("SSL")
+        if uses_tls and tls is None:
+            raise BrokerError(f"the {listener.protocol} listener needs tls=BrokerTls(...), the broker's certificate")
+        if listener.require_client_cert and (not uses_tls or tls is None or tls.client_cafile is None):
+            raise BrokerError(f"require_client_cert on {listener.protocol} needs TLS and BrokerTls.client_cafile")
+        if listener.protocol.startswith("SASL_") and not users:
+            raise BrokerError(f"the {listener.protocol} listener needs sasl_users, the accounts clients log in as")
+    for user, password in users.items():
+        # Both end up inside a JAAS string and a StorageTool argument, which have no escaping we can rely on.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", user) or not re.fullmatch(r"[A-Za-z0-9_.!@#%^&*+-]+", password):
+            raise BrokerError(f"SASL user {user!r}: use letters, digits, '.', '_' or '-' (and punctuation in passwords)")
 
 
 kafka_app = typer.Typer(

@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 
 from kpi_core.errors import InvalidEvent, KpimonError
 from kpi_core.events import parse_ts
+from streams.security import KafkaSecurity
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv",)
@@ -43,10 +44,17 @@ class ProduceError(KpimonError):
     """Kafka did not accept the events; check that the broker at the bootstrap address is up."""
 
 
-def connect(bootstrap: str, *, acks: int | str) -> KafkaProducer:
-    """A KafkaProducer for ``bootstrap``, or ProduceError if no broker answers."""
+def connect(bootstrap: str, *, acks: int | str, security: KafkaSecurity | None = None) -> KafkaProducer:
+    """A KafkaProducer for ``bootstrap``, or ProduceError if no broker answers.
+
+    ``security`` (TLS, SASL) defaults to the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``/``KAFKA_SSL_*`` environment.
+    """
+    if security is None:
+        security = KafkaSecurity.from_env()
     try:
-        return KafkaProducer(bootstrap_servers=bootstrap, acks=acks, linger_ms=20, bootstrap_timeout_ms=10_000)
+        return KafkaProducer(
+            bootstrap_servers=bootstrap, acks=acks, linger_ms=20, bootstrap_timeout_ms=10_000, **security.kafka_python_options()
+        )
     except KafkaError as exc:
         raise ProduceError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
 
@@ -202,6 +210,7 @@ def produce_file(
     bootstrap: str,
     topics: Mapping[str, str],
     default_topic: str | None = None,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
     """Send every event in ``path`` to the topic of its type (``topics``: event type -> topic); return counts per topic.
 
@@ -211,7 +220,7 @@ def produce_file(
     path = Path(path)
     for line, obj, _ in _records(path):  # a first pass, so a bad line sends nothing at all
         _route(obj, topics, default_topic, path, line)
-    producer = connect(bootstrap, acks="all")
+    producer = connect(bootstrap, acks="all", security=security)
     tracker = DeliveryTracker()
     counts: dict[str, int] = {}
     try:

@@ -32,6 +32,7 @@ from kpi_core.config import format_duration, parse_duration
 from kpi_core.errors import KpimonError
 from kpi_core.silences import KPI, InvalidSilence, Silence, SilenceSet, UnknownSilence
 from kpimon.broker import bootstrap_servers
+from streams.security import KafkaSecurity
 
 log = logging.getLogger("kpimon.silences")
 
@@ -114,8 +115,18 @@ def _servers(bootstrap: str) -> list[str]:
     return [s.strip() for s in bootstrap.split(",") if s.strip()]
 
 
+def _security(security: KafkaSecurity | None) -> KafkaSecurity:
+    """``security``, or the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``/``KAFKA_SSL_*`` settings when None."""
+    return security if security is not None else KafkaSecurity.from_env()
+
+
 def ensure_topic(
-    bootstrap: str, topic: str = DEFAULT_TOPIC, *, replication_factor: int = 1, timeout: float = 10.0
+    bootstrap: str,
+    topic: str = DEFAULT_TOPIC,
+    *,
+    replication_factor: int = 1,
+    timeout: float = 10.0,
+    security: KafkaSecurity | None = None,
 ) -> bool:
     """Create the compacted silences topic (one partition) if it is missing; return True if created.
 
@@ -127,12 +138,14 @@ def ensure_topic(
     from kafka.errors import TopicAlreadyExistsError
 
     timeout_ms = int(timeout * 1000)
+    options = _security(security).kafka_python_options()
     with _kafka(f"create topic {topic}", bootstrap):
         admin = KafkaAdminClient(
             bootstrap_servers=_servers(bootstrap),
             client_id=CLIENT_ID,
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
+            **options,
         )
         try:
             if topic not in admin.list_topics():
@@ -153,17 +166,21 @@ def ensure_topic(
             admin.close()
 
 
-def topic_partitions(bootstrap: str, topic: str = DEFAULT_TOPIC, *, timeout: float = 10.0) -> list[int]:
+def topic_partitions(
+    bootstrap: str, topic: str = DEFAULT_TOPIC, *, timeout: float = 10.0, security: KafkaSecurity | None = None
+) -> list[int]:
     """The topic's partition ids, or [] while it does not exist."""
     from kafka import KafkaAdminClient
 
     timeout_ms = int(timeout * 1000)
+    options = _security(security).kafka_python_options()
     with _kafka(f"describe topic {topic}", bootstrap):
         admin = KafkaAdminClient(
             bootstrap_servers=_servers(bootstrap),
             client_id=CLIENT_ID,
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
+            **options,
         )
         try:
             found = [t for t in admin.describe_topics([topic]) if t.get("name") == topic and not t.get("error_code")]
@@ -172,7 +189,9 @@ def topic_partitions(bootstrap: str, topic: str = DEFAULT_TOPIC, *, timeout: flo
     return sorted(p["partition_index"] for t in found for p in t.get("partitions") or [])
 
 
-def _produce(bootstrap: str, topic: str, key: str, value: bytes | None, *, timeout: float) -> None:
+def _produce(
+    bootstrap: str, topic: str, key: str, value: bytes | None, *, timeout: float, security: KafkaSecurity
+) -> None:
     """Write one record and wait until every in-sync replica has it."""
     from kafka import KafkaProducer
 
@@ -184,6 +203,7 @@ def _produce(bootstrap: str, topic: str, key: str, value: bytes | None, *, timeo
             acks="all",
             bootstrap_timeout_ms=timeout_ms,
             max_block_ms=timeout_ms,
+            **security.kafka_python_options(),
         )
         try:
             producer.send(topic, key=key.encode(), value=value).get(timeout=timeout)
@@ -202,6 +222,7 @@ def add_silence(
     created_by: str,
     now: int | None = None,
     timeout: float = 10.0,
+    security: KafkaSecurity | None = None,
 ) -> Silence:
     """Silence ``matchers`` from now for ``duration_ms``; create the topic if needed and return the silence."""
     if duration_ms <= 0:
@@ -216,8 +237,9 @@ def add_silence(
         reason=reason.strip(),
         created_by=created_by,
     )
-    ensure_topic(bootstrap, topic, timeout=timeout)
-    _produce(bootstrap, topic, silence.id, silence.to_bytes(), timeout=timeout)
+    security = _security(security)
+    ensure_topic(bootstrap, topic, timeout=timeout, security=security)
+    _produce(bootstrap, topic, silence.id, silence.to_bytes(), timeout=timeout, security=security)
     log.info("silence %s added: %s until %d", silence.id, silence.describe(), silence.ends_at)
     return silence
 
@@ -230,28 +252,33 @@ def expire_silence(
     purge: bool = False,
     now: int | None = None,
     timeout: float = 10.0,
+    security: KafkaSecurity | None = None,
 ) -> Silence:
     """End a silence now and return it as it was before; ``purge`` deletes it with a tombstone instead.
 
     Expiring an already expired silence writes nothing. Raises ``UnknownSilence`` for an id not on the topic.
     """
-    current = read_silences(bootstrap, topic, timeout).get(silence_id)
+    security = _security(security)
+    current = read_silences(bootstrap, topic, timeout, security=security).get(silence_id)
     if current is None:
         raise UnknownSilence(silence_id)
     at = now_ms() if now is None else now
     if purge:
-        _produce(bootstrap, topic, silence_id, None, timeout=timeout)
+        _produce(bootstrap, topic, silence_id, None, timeout=timeout, security=security)
     elif current.ends_at > at:
-        _produce(bootstrap, topic, silence_id, current.expired(at).to_bytes(), timeout=timeout)
+        _produce(bootstrap, topic, silence_id, current.expired(at).to_bytes(), timeout=timeout, security=security)
     return current
 
 
-def read_silences(bootstrap: str, topic: str = DEFAULT_TOPIC, timeout: float = 10.0) -> SilenceSet:
+def read_silences(
+    bootstrap: str, topic: str = DEFAULT_TOPIC, timeout: float = 10.0, *, security: KafkaSecurity | None = None
+) -> SilenceSet:
     """Read the topic from the beginning up to its end offsets as of now; a missing topic has no silences."""
     from kafka import KafkaConsumer, TopicPartition
 
     silences = SilenceSet()
     timeout_ms = int(timeout * 1000)
+    options = _security(security).kafka_python_options()
     with _kafka(f"read {topic}", bootstrap):
         consumer = KafkaConsumer(
             bootstrap_servers=_servers(bootstrap),
@@ -260,6 +287,7 @@ def read_silences(bootstrap: str, topic: str = DEFAULT_TOPIC, timeout: float = 1
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             bootstrap_timeout_ms=timeout_ms,
+            **options,
         )
         try:
             partitions = consumer.partitions_for_topic(topic)

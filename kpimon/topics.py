@@ -8,6 +8,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from kpi_core.config import Config
 from kpi_core.errors import KpimonError
+from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
 
 log = logging.getLogger("kpimon.topics")
@@ -30,9 +31,13 @@ def wanted_topics(config: Config, settings: WorkerSettings) -> dict[str, int]:
     return topics
 
 
-def ensure_topics(config: Config, settings: WorkerSettings) -> list[str]:
-    """Create missing topics; return the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap.split(","), client_id="kpimon-admin")
+def ensure_topics(config: Config, settings: WorkerSettings, *, security: KafkaSecurity | None = None) -> list[str]:
+    """Create missing topics; return the names created. ``security`` defaults to the ``KAFKA_SECURITY_*`` environment."""
+    if security is None:
+        security = KafkaSecurity.from_env()
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap.split(","), client_id="kpimon-admin", **security.kafka_python_options()
+    )
     try:
         existing = set(admin.list_topics())
         wanted = wanted_topics(config, settings)

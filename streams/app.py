@@ -91,6 +91,10 @@ class Pipeline:
             broker_commit_interval=1.0,
             producer_linger_ms=5,
             table_standby_replicas=0,
+            # A worker killed with -9 holds its partitions until its session times out;
+            # 10 s (not Faust's 60 s) lets a restarted or surviving worker take over quickly.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
         )
         app = self.app
         self.sources = app.topic(*cfg.topics.sources, value_serializer="raw", key_serializer="raw")
@@ -111,6 +115,9 @@ class Pipeline:
         self.stage1: dict[int, PartitionAggregator] = {}
         self.stage2: dict[int, Combiner] = {}
         self.engines: dict[int, AlertEngine] = {}
+        self.progress: dict[str, int] = {}  # source partition -> largest event time routed
+        self.read: dict[str, int] = {}  # source partition -> last offset read
+        self.last_report = 0.0
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
 
@@ -119,6 +126,7 @@ class Pipeline:
         app.agent(self.partials_topic, name="combine")(self._combine)
         app.agent(self.alerts_topic, name="deliver")(self._deliver)
         app.timer(1.0, name="close-idle-windows")(self._tick)
+        app.timer(1.0, name="router-heartbeat")(self._heartbeat)
         app.task(self._start_web)
         app.task(self._start_silences)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -139,14 +147,20 @@ class Pipeline:
     async def _route(self, stream: Any) -> None:
         implied = self.plan.config.topics.sources
         s = self.settings
-        progress: dict[str, int] = {}  # source partition -> largest event time routed
+        progress, read = self.progress, self.read
         async for batch in stream.take_events(s.batch_size, within=s.batch_within):
             buckets: dict[int, list[list[Any]]] = defaultdict(list)
             counts: dict[str, int] = defaultdict(int)
+            horizon_ms = int(time.time() * 1000) + self.plan.config.max_future
             for event in batch:
                 msg = event.message
+                read[f"{msg.topic}:{msg.partition}"] = msg.offset
                 try:
                     ev = decode(msg.value, implied.get(msg.topic))
+                    if ev.ts > horizon_ms:
+                        # One event stamped years ahead would drag the watermark along and
+                        # close every open window; the wall clock bounds it (live only).
+                        raise InvalidEvent("bad_timestamp", "ts is too far in the future")
                 except InvalidEvent as exc:
                     await self._dead_letter(msg, exc)
                     continue
@@ -161,15 +175,44 @@ class Pipeline:
                 self.metrics.events.labels(etype).inc(n)
             # Every assigned source partition is reported, -1 if it has sent nothing yet,
             # so a topic read a little later than another doesn't make its events late.
-            watermarks = {
-                f"{tp.topic}:{tp.partition}": progress.get(f"{tp.topic}:{tp.partition}", -1)
-                for tp in self.app.assignor.assigned_actives()
-                if tp.topic in implied
-            }
-            watermarks.update(progress)
-            # Every partition hears every source's progress, so all advance together.
-            for p in range(self.partitions):
-                await self.events_topic.send(value=wire.encode_events(watermarks, buckets.get(p, [])), partition=p)
+            await self._send_bundles(buckets)
+
+    async def _send_bundles(self, buckets: dict[int, list[list[Any]]]) -> None:
+        """Send each stage-1 partition its events, with the progress of every source we read.
+
+        Every assigned source is reported (-1 before it delivered anything), with
+        whether it still has a backlog, so stage 1 can tell idle from merely unread.
+        """
+        implied = self.plan.config.topics.sources
+        watermarks: dict[str, int] = {}
+        backlog: list[str] = []
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic in implied:
+                source = f"{tp.topic}:{tp.partition}"
+                watermarks[source] = self.progress.get(source, -1)
+                if self._has_backlog(tp, self.read.get(source)):
+                    backlog.append(source)
+        self.last_report = time.monotonic()
+        for p in range(self.partitions):
+            await self.events_topic.send(value=wire.encode_events(watermarks, backlog, buckets.get(p, [])), partition=p)
+
+    async def _heartbeat(self) -> None:
+        """Report progress even when no events arrive, so quiet streams still close their windows."""
+        if self.app.rebalancing or time.monotonic() - self.last_report < 0.5:
+            return
+        await self._send_bundles({})
+
+    def _has_backlog(self, tp: Any, last_read: int | None) -> bool:
+        """True while a source partition has messages we haven't read: it must not count as idle."""
+        try:
+            end = self.app.consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - not fetched yet: assume there is more to come
+            return True
+        if end is None:
+            return True
+        # Read in this run, or committed by an earlier one: whichever got further.
+        done = max(x for x in (last_read, self.app.consumer._committed_offset.get(tp), -1) if x is not None)
+        return end > done + 1
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent) -> None:
         self.metrics.invalid.labels(exc.reason).inc()
@@ -194,13 +237,12 @@ class Pipeline:
     async def _aggregate(self, stream: Any) -> None:
         async for event in stream.events():
             p = event.message.partition
-            watermarks, events = wire.decode_events(event.message.value)
+            watermarks, backlog, events = wire.decode_events(event.message.value)
             async with self.locks[p]:
                 agg = self._stage1(p)
                 late = agg.apply(events)
                 now = time.time() * 1000
-                for source, ts in watermarks.items():
-                    agg.observe(source, ts, now)
+                agg.report(watermarks, backlog, now)
                 await self._close_stage1(p, agg, now)
             for src, off, etype, ts, data in late:
                 self.metrics.late.inc()

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from kpi_core.errors import KpimonError
 from kpi_core.silences import Silence, SilenceSet
 from kpimon.silences import CLIENT_ID, DEFAULT_TOPIC, SilenceStoreError, ensure_topic, topic_partitions
+from streams.security import KafkaSecurity
 
 log = logging.getLogger("kpimon.silences.watcher")
 
@@ -27,9 +28,18 @@ log = logging.getLogger("kpimon.silences.watcher")
 class SilenceWatcher:
     """A background reader of the silences topic; ask it ``is_silenced`` before delivering an alert."""
 
-    def __init__(self, bootstrap: str, topic: str = DEFAULT_TOPIC, *, retry_after: float = 1.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = DEFAULT_TOPIC,
+        *,
+        retry_after: float = 1.0,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        # Read now, not at start(): bad settings fail the worker before it joins the group.
+        self.security = security if security is not None else KafkaSecurity.from_env()
         self.silences = SilenceSet()
         self.ready = asyncio.Event()  # set once caught up with the end offsets seen at start
         self.rejected = 0  # records ignored as malformed
@@ -53,7 +63,7 @@ class SilenceWatcher:
         if self._task is not None:
             return
         try:
-            await asyncio.to_thread(ensure_topic, self.bootstrap, self.topic)
+            await asyncio.to_thread(ensure_topic, self.bootstrap, self.topic, security=self.security)
         except KpimonError as exc:
             log.warning("could not create silences topic %s (%s); waiting for it to appear", self.topic, exc)
         consumer = AIOKafkaConsumer(
@@ -62,6 +72,7 @@ class SilenceWatcher:
             group_id=None,  # no group: every worker reads every silence, nothing is committed
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            **self.security.aiokafka_options(),
         )
         try:
             await consumer.start()
@@ -115,7 +126,7 @@ class SilenceWatcher:
         while True:
             try:
                 # Asked of the admin API: the consumer's partitions_for_topic only knows topics it already tracks.
-                partitions = await asyncio.to_thread(topic_partitions, self.bootstrap, self.topic)
+                partitions = await asyncio.to_thread(topic_partitions, self.bootstrap, self.topic, security=self.security)
                 if partitions:
                     tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
                     consumer.assign(tps)

@@ -253,16 +253,24 @@ def campaign_kpis() -> Json:
         query_variable("kpi", "KPI", f"label_values(kpimon_kpi_value{{{win}}}, kpi)", multi=True,
                        description="One panel per selected KPI in the first row"),
     ]
+    firing = f"kpimon_alert_firing{{{win}}}"
+    # A change is the value now against the value one step earlier. Grafana's $__interval is
+    # never below the annotation's step, so no change falls between two steps.
     annotations = [
         annotation(
-            "KPI incidents", f"kpimon_alert_firing{{{win}}} == 1",
+            "KPI incidents", f"{firing} == 1",
             title="{{kpi}} off target", text="{{breakdown}} {{campaign}}{{channel}}", tags=["kpi", "breakdown", "campaign", "channel"],
             color="red",
         ),
         annotation(
-            "Incident opened or resolved", f"changes(kpimon_alert_firing{{{win}}}[$__interval]) > 0",
-            title="{{kpi}} incident opened or resolved", text="{{breakdown}} {{campaign}}{{channel}}",
-            tags=["kpi", "campaign", "channel"], color="orange",
+            "Incident opened", f"{firing} == 1 unless {firing} offset $__interval == 1",
+            title="{{kpi}} incident opened", text="{{breakdown}} {{campaign}}{{channel}}", tags=["kpi", "campaign", "channel"],
+            color="orange",
+        ),
+        annotation(
+            "Incident resolved", f"{firing} == 0 and {firing} offset $__interval == 1",
+            title="{{kpi}} incident resolved", text="{{breakdown}} {{campaign}}{{channel}}", tags=["kpi", "campaign", "channel"],
+            color="green",
         ),
     ]
     panels = [
@@ -337,8 +345,8 @@ def campaign_kpis() -> Json:
 
 # -- Pipeline health ------------------------------------------------------------
 
-PENDING_LAG = "kpimon_consumer_lag"  # consumer lag gauge, added to the worker with the ops work
-PENDING_START = "kpimon_worker_start_time_seconds"
+LAG = "kpimon_consumer_lag"  # end offset minus committed offset, per topic partition
+START_TIME = "kpimon_worker_start_time_seconds"
 
 
 def pipeline_health() -> Json:
@@ -361,9 +369,9 @@ def pipeline_health() -> Json:
             unit="percentunit", w=4, decimals=2, thresholds=((None, "green"), (0.05, "red")),
             description="Rejected messages as a share of all consumed (KpimonDeadLetterRate fires above 5%)",
         ),
-        stat("Total consumer lag", [target(f"sum({PENDING_LAG}{{{inst}}})", "lag")], w=4,
+        stat("Total consumer lag", [target(f"sum({LAG}{{{inst}}})", "lag")], w=4,
              thresholds=((None, "green"), (10000, "orange")), description="Messages not yet consumed, over all partitions"),
-        stat("Uptime", [target(f"time() - max({PENDING_START}{{{inst}}})", "uptime")], unit="s", w=4,
+        stat("Uptime", [target(f"time() - max({START_TIME}{{{inst}}})", "uptime")], unit="s", w=4,
              description="Since the youngest worker started"),
         stat("Restarts (1h)", [target(f"sum(changes(process_start_time_seconds{{{inst}}}[1h]))", "restarts")], w=4,
              thresholds=((None, "green"), (1, "orange")), description="Worker process restarts in the last hour"),
@@ -371,7 +379,7 @@ def pipeline_health() -> Json:
                    unit="ops", stack=True),
         timeseries(
             "Consumer lag by partition",
-            [target(f"max by (topic, partition) ({PENDING_LAG}{{{inst}}})", "{{topic}}/{{partition}}")],
+            [target(f"max by (topic, partition) ({LAG}{{{inst}}})", "{{topic}}/{{partition}}")],
             description="Committed offset behind the end offset, per topic partition",
         ),
         row("Bad input"),

@@ -49,51 +49,79 @@ def test_none_before_any_event() -> None:
     assert wm.current(1_000.0) is None
 
 
+def _report(wm: Watermark, now: float, progress: dict[str, int], backlog: tuple[str, ...] = ()) -> None:
+    """One router report, as stage 1 receives it with every bundle or heartbeat."""
+    for src, ts in progress.items():
+        wm.observe(src, ts, now)
+    wm.report(now, set(progress), set(backlog))
+
+
 def test_min_over_active_sources() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("a", 500, now=0.0)
-    wm.observe("b", 300, now=0.0)
+    _report(wm, 0.0, {"a": 500, "b": 300})
     assert wm.current(5.0) == 300
-    wm.observe("b", 700, now=6.0)
+    _report(wm, 6.0, {"a": 500, "b": 700})
     assert wm.current(8.0) == 500
 
 
 def test_a_source_never_goes_back_in_event_time() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("a", 500, now=0.0)
-    wm.observe("a", 200, now=1.0)  # an out-of-order event
+    _report(wm, 0.0, {"a": 500})
+    _report(wm, 1.0, {"a": 200})  # an out-of-order event
     assert wm.latest == {"a": 500}
     assert wm.current(1.0) == 500
 
 
-def test_idle_source_is_excluded_after_idle_ms() -> None:
+def test_idle_source_is_excluded_after_idle_ms_while_its_router_is_heard() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("slow", 100, now=0.0)
-    wm.observe("fast", 900, now=0.0)
-    wm.observe("fast", 950, now=8.0)
-    # exactly idle_ms after its last report, the slow source still holds the watermark back
+    _report(wm, 0.0, {"slow": 100, "fast": 900})
+    _report(wm, 8.0, {"slow": 100, "fast": 950})
+    # exactly idle_ms after its last progress, the slow source still holds the watermark back
     assert wm.current(10.0) == 100
     # one ms later it is idle and only the fast source counts
     assert wm.current(11.0) == 950
 
 
-def test_an_idle_source_that_reports_again_holds_the_watermark_again() -> None:
+def test_a_source_with_a_backlog_is_never_idle() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("slow", 100, now=0.0)
-    wm.observe("fast", 900, now=15.0)
+    _report(wm, 0.0, {"slow": 100, "fast": 900})
+    _report(wm, 15.0, {"slow": 100, "fast": 950}, backlog=("slow",))  # slow hasn't been read for a while
+    assert wm.current(20.0) == 100
+    _report(wm, 21.0, {"slow": 100, "fast": 960})  # caught up, no progress since 0: idle
+    assert wm.current(21.0) == 960
+
+
+def test_when_the_router_goes_silent_nothing_is_assumed() -> None:
+    wm = Watermark(idle_ms=10)
+    _report(wm, 0.0, {"a": 100, "b": 200})
+    # a and b make no progress, but no report says they are caught up after 10 ms:
+    # a stalled router must not let the wall clock close windows over unread data
+    assert wm.current(5.0) == 100
+    assert wm.current(1_000.0) == 100
+    _report(wm, 1_000.0, {"a": 100, "b": 200})  # heard again, both caught up and quiet since 0
+    assert wm.current(1_000.0) == 200 + 1_000 - 10
+
+
+def test_an_idle_source_that_progresses_again_holds_the_watermark_again() -> None:
+    wm = Watermark(idle_ms=10)
+    _report(wm, 0.0, {"slow": 100, "fast": 800})
+    _report(wm, 15.0, {"slow": 100, "fast": 900})
     assert wm.current(15.0) == 900
-    wm.observe("slow", 120, now=16.0)
+    _report(wm, 16.0, {"slow": 120, "fast": 900})
     assert wm.current(16.0) == 120
 
 
 def test_all_idle_advances_with_the_wall_clock() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("a", 100, now=0.0)
-    wm.observe("b", 200, now=5.0)
+    _report(wm, 0.0, {"a": 100, "b": 150})
+    _report(wm, 5.0, {"a": 100, "b": 200})
+    _report(wm, 15.0, {"a": 100, "b": 200})
     # a is idle, b is not yet
     assert wm.current(15.0) == 200
+    _report(wm, 20.0, {"a": 100, "b": 200})
     # both idle: b's latest plus how long everything has been quiet beyond idle_ms
     assert wm.current(20.0) == 205
+    _report(wm, 1_015.0, {"a": 100, "b": 200})
     assert wm.current(1_015.0) == 1_200
 
 
@@ -113,32 +141,31 @@ def test_replay_mode_ignores_wall_clock_idleness() -> None:
     assert wm.current(None) == 100
 
 
-def test_restored_sources_are_idle_only_from_the_first_clocked_call() -> None:
+def test_restored_sources_hold_until_heard_and_are_idle_only_from_then() -> None:
     wm = Watermark(idle_ms=10)
     # as after a restart: latest restored without a wall-clock time
     wm.observe("a", 100, now=None)
     wm.observe("b", 200, now=None)
-    assert wm.current(5_000.0) == 100  # both count as just seen
+    assert wm.current(5_000.0) == 100  # not heard from yet: both hold
+    _report(wm, 5_000.0, {"a": -1, "b": -1})  # the new router has read nothing yet
     assert wm.current(5_010.0) == 100
+    _report(wm, 5_020.0, {"a": -1, "b": -1})
     assert wm.current(5_020.0) == 210  # both idle for 10 ms beyond idle_ms
 
 
 def test_only_progress_counts_as_activity() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("stuck", 100, now=0.0)
-    wm.observe("moving", 500, now=0.0)
-    wm.observe("stuck", 100, now=9.0)  # the same time again: not progress
-    wm.observe("moving", 600, now=9.0)
+    _report(wm, 0.0, {"stuck": 100, "moving": 500})
+    _report(wm, 9.0, {"stuck": 100, "moving": 600})  # the same time again: not progress
     assert wm.current(10.0) == 100
     assert wm.current(11.0) == 600  # stuck has made no progress for 11 ms: idle
 
 
 def test_a_known_source_without_data_holds_the_watermark_back_until_idle() -> None:
     wm = Watermark(idle_ms=10)
-    wm.observe("orders:0", -1, now=0.0)  # assigned, nothing delivered yet
-    wm.observe("clicks:0", 5_000, now=0.0)
-    wm.observe("clicks:0", 5_500, now=5.0)
+    _report(wm, 0.0, {"orders:0": -1, "clicks:0": 5_000})  # orders:0 assigned, nothing delivered yet
+    _report(wm, 5.0, {"orders:0": -1, "clicks:0": 5_500})
     assert wm.current(10.0) == -1
     assert wm.current(11.0) == 5_500  # orders:0 has been silent for 11 ms
-    wm.observe("orders:0", 4_000, now=12.0)
+    _report(wm, 12.0, {"orders:0": 4_000, "clicks:0": 5_500})
     assert wm.current(12.0) == 4_000

@@ -1,0 +1,127 @@
+"""Exact under failure: kill -9 the worker at random points, run two workers and kill one, restart
+the broker mid-stream; every closed window must equal the ground truth counted from the input."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kpimon.broker import LocalBroker, project_root
+from tests.support import truth
+from tests.support.worker import Worker, topic_names
+
+
+def _config(prefix: str) -> dict:
+    return {**truth.CONFIG, "topics": topic_names(prefix) | {"partitions": 4}}
+
+
+def _check(bootstrap: str, prefix: str, want: dict, timeout: float = 180) -> None:
+    got = list(truth.snapshots(bootstrap, f"{prefix}-kpi-snapshots", expect=len(want), timeout=timeout))
+    problems = truth.compare(got, want)
+    assert problems == [], f"{len(problems)} windows differ, e.g.:\n" + "\n".join(problems[:10])
+
+
+@pytest.mark.timeout(900)
+def test_kill_9_five_times_loses_and_duplicates_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    rng = random.Random(9)
+    prefix = f"kill{uuid.uuid4().hex[:6]}"
+    evs = truth.events(500_000)
+    want = truth.truth(evs)
+    worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path)
+    worker.start()  # creates the topics; the input is then already waiting for every restart
+    truth.produce(kafka_bootstrap, prefix, evs)
+    kills = 0
+    try:
+        for _ in range(6):
+            time.sleep(rng.uniform(2.0, 7.0))
+            worker.kill()
+            kills += 1
+            worker.start()
+    finally:
+        assert kills >= 5
+    try:
+        _check(kafka_bootstrap, prefix, want)
+    finally:
+        worker.stop()
+
+
+@pytest.mark.timeout(600)
+def test_two_workers_then_one_is_killed_and_the_survivor_takes_over(kafka_bootstrap: str, tmp_path: Path) -> None:
+    prefix = f"pair{uuid.uuid4().hex[:6]}"
+    evs = truth.events(200_000, seed=4)
+    want = truth.truth(evs)
+    a = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "a")
+    b = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "b")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a.start()
+    b.start()
+    _wait_split(a, b)
+    truth.produce(kafka_bootstrap, prefix, evs)
+    time.sleep(4)
+    b.kill()
+    try:
+        _wait_all_partitions(a)
+        _check(kafka_bootstrap, prefix, want)
+    finally:
+        a.stop()
+
+
+def _wait_split(a: Worker, b: Worker, timeout: float = 60) -> None:
+    """Both workers hold some of the partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ha, hb = a.health() or {}, b.health() or {}
+        if ha.get("partitions") and hb.get("partitions") and ha.get("ready") and hb.get("ready"):
+            assert not set(ha["partitions"]) & set(hb["partitions"])
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the partitions were not split: {a.health()} {b.health()}")
+
+
+def _wait_all_partitions(worker: Worker, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = worker.health() or {}
+        if h.get("ready") and h.get("partitions") == [0, 1, 2, 3]:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the survivor did not take over: {worker.health()}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(600)
+def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    broker = LocalBroker(project_root(), port=_free_port(), controller_port=_free_port(), name=f"restart-{uuid.uuid4().hex[:6]}")
+    bootstrap = broker.up(timeout=120)
+    prefix = f"rst{uuid.uuid4().hex[:6]}"
+    evs = truth.events(150_000, seed=5)
+    want = truth.truth(evs)
+    worker = Worker(_config(prefix), bootstrap=bootstrap, app_id=prefix, tmp=tmp_path)
+    try:
+        worker.start()
+        truth.produce(bootstrap, prefix, evs)
+        time.sleep(2)
+        broker.down()
+        time.sleep(5)
+        assert worker.proc is not None and worker.proc.poll() is None, "the worker must ride out the outage"
+        broker.up(timeout=120)
+        _check(bootstrap, prefix, want)
+        assert "Kafka connection lost" in worker.log() and "Kafka connection restored" in worker.log()
+    finally:
+        worker.stop()
+        broker.down()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
+
+
