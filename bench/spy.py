@@ -42,7 +42,13 @@ def parse_frame(frame: str) -> tuple[str, str]:
 
 
 def summarize(raw_path: Path, top: int = 20) -> dict[str, Any]:
-    """Self time (the innermost frame), total time (anywhere on the stack) and per-package self time."""
+    """Self time (the innermost frame), total time (anywhere on the stack) and per-package self time.
+
+    With ``py-spy record --threads`` each stack starts with its thread; the function tables then
+    cover the main thread only (the one running the event loop, the agents and Python code under
+    the GIL), and ``threads`` gives each thread's share of all samples.
+    """
+    threads: Counter[str] = Counter()
     total = 0
     self_time: Counter[str] = Counter()
     incl: Counter[str] = Counter()
@@ -57,7 +63,14 @@ def summarize(raw_path: Path, top: int = 20) -> dict[str, Any]:
             count = int(count_s)
         except ValueError:
             continue
-        frames = [parse_frame(f) for f in stack.split(";") if f]
+        parts = [f for f in stack.split(";") if f]
+        if parts and parts[0].startswith("thread ("):
+            name = parts[0].split(":", 1)[-1].strip()
+            threads[name] += count
+            if name != "MainThread":
+                continue
+            parts = parts[1:]
+        frames = [parse_frame(f) for f in parts]
         if not frames:
             continue
         total += count
@@ -80,8 +93,10 @@ def summarize(raw_path: Path, top: int = 20) -> dict[str, Any]:
         return round(100 * c / total, 1) if total else 0.0
 
     own = ("kpi_core/", "streams/", "alerts/", "kpimon/")
+    all_threads = sum(threads.values())
     return {
         "samples": total,
+        "threads": [(k, round(100 * v / all_threads, 1)) for k, v in threads.most_common()] if all_threads else [],
         "self": [(k, pct(v)) for k, v in self_time.most_common(top)],
         "total": [(k, pct(v)) for k, v in incl.most_common(top * 3) if pct(v) < 99.5][:top],
         "own_total": [(k, pct(v)) for k, v in incl.most_common() if any(f"({o}" in k for o in own)][:top],

@@ -17,8 +17,8 @@ class WorkerSettings:
     bootstrap: str = DEFAULT_BOOTSTRAP
     app_id: str = "kpimon"
     data_dir: Path = Path(".cache/worker")
-    batch_size: int = 2000  # events per micro-batch in the router
-    batch_within: float = 0.1  # seconds to wait for a micro-batch to fill
+    batch_size: int = 10_000  # events per micro-batch in the router
+    batch_within: float = 0.25  # seconds to wait for a micro-batch to fill
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerSettings:

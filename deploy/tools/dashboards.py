@@ -55,7 +55,7 @@ def query_variable(name: str, label: str, query: str, *, multi: bool = False, de
         "type": "query",
         "datasource": DATASOURCE,
         "definition": query,
-        "query": {"qryType": 1, "query": query, "refId": f"PrometheusVariableQueryEditor-{name}"},
+        "query": query,  # a string: Grafana migrates it to whatever its variable editor uses
         "refresh": 2,  # on time range change, so new campaigns show up
         "sort": 1,
         "multi": multi,
@@ -254,8 +254,8 @@ def campaign_kpis() -> Json:
                        description="One panel per selected KPI in the first row"),
     ]
     firing = f"kpimon_alert_firing{{{win}}}"
-    # A change is the value now against the value one step earlier. Grafana's $__interval is
-    # never below the annotation's step, so no change falls between two steps.
+    # A change is the value now against the value one step earlier ($__interval is the step).
+    # Grafana draws only points whose value is above 0, so each expression returns a 1.
     annotations = [
         annotation(
             "KPI incidents", f"{firing} == 1",
@@ -268,7 +268,7 @@ def campaign_kpis() -> Json:
             color="orange",
         ),
         annotation(
-            "Incident resolved", f"{firing} == 0 and {firing} offset $__interval == 1",
+            "Incident resolved", f"{firing} offset $__interval == 1 and {firing} == 0",
             title="{{kpi}} incident resolved", text="{{breakdown}} {{campaign}}{{channel}}", tags=["kpi", "campaign", "channel"],
             color="green",
         ),
@@ -313,12 +313,6 @@ def campaign_kpis() -> Json:
             [target(f"sum(kpimon_alert_firing{{{win}}})", "firing")],
             w=6, thresholds=((None, "green"), (1, "red")),
             description="KPI groups whose incident is firing right now (kpimon_alert_firing == 1)",
-        ),
-        timeseries(
-            "Global CTR, CPC and conversion rate over time",
-            [target(f"window:kpimon_{name}:ratio{{{win}}}", title) for name, title, _ in ROLLUPS],
-            w=24, h=8, decimals=4, min_=None,
-            description="The global roll-ups; units differ (CTR and conversion are fractions, CPC is currency).",
         ),
         row("Breaching KPIs"),
         table(

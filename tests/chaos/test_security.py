@@ -41,10 +41,6 @@ T = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 # The worker builds its faust.App in streams/app.py; until that passes KafkaSecurity's
 # credentials (broker_credentials=...faust_credentials()), its Faust consumer and producer
 # speak PLAINTEXT and can't reach a TLS listener. Remove this skip once it does.
-WORKER_WIRED = "faust_credentials" in (ROOT / "streams" / "app.py").read_text()
-needs_wired_worker = pytest.mark.skipif(
-    not WORKER_WIRED, reason="streams/app.py does not pass broker_credentials=KafkaSecurity...faust_credentials() yet"
-)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -244,7 +240,6 @@ def _events_file(path: Path) -> Path:
     return path
 
 
-@needs_wired_worker
 def test_worker_computes_kpis_over_sasl_ssl_and_never_logs_the_password(broker: LocalBroker, pki: Pki, tmp_path: Path) -> None:
     bootstrap = broker.listener_bootstrap("SASL_SSL")
     env = _sasl_env(pki, "SCRAM-SHA-256")

@@ -41,7 +41,7 @@ def dashboard(name: str) -> dict[str, Any]:
 def exprs(dash: dict[str, Any]) -> list[str]:
     """Every PromQL of a dashboard: panel targets, variable queries and annotations."""
     out = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    out += [v["query"]["query"] for v in dash["templating"]["list"]]
+    out += [v["query"] for v in dash["templating"]["list"]]
     out += [a["expr"] for a in dash["annotations"]["list"] if "expr" in a]
     return out
 
@@ -99,7 +99,7 @@ def test_campaign_variables_match_the_alert_links() -> None:
     # kpi_core.alerting links alerts to the dashboard with var-window and var-<dimension>.
     variables = {v["name"]: v for v in dashboard("campaign-kpis.json")["templating"]["list"]}
     assert {"window", "campaign", "channel", "kpi"} <= variables.keys()
-    assert variables["window"]["query"]["query"] == "label_values(kpimon_kpi_value, window)"
+    assert variables["window"]["query"] == "label_values(kpimon_kpi_value, window)"
     for multi in ("campaign", "channel", "kpi"):
         assert variables[multi]["multi"] and variables[multi]["includeAll"], multi
 

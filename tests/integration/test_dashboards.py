@@ -344,7 +344,7 @@ def results(stack: Stack) -> Results:
         multi = {v["name"] for v in dash["templating"]["list"] if v.get("multi") or v.get("includeAll")}
         out.variables[path.name] = {}
         for var in dash["templating"]["list"]:
-            query = var["query"]["query"]
+            query = var["query"]
             m = LABEL_VALUES.match(query)
             if not m:
                 out.variable_errors.append(f"{path.name}: ${var['name']}: not label_values(selector, label): {query}")
@@ -368,6 +368,8 @@ def results(stack: Stack) -> Results:
             outcome = Outcome(q, promql)
             try:
                 found = prom.query(promql, at=stack.firing_at) if q.instant else prom.query_range(promql, start, end, step)
+                if q.where.startswith("annotation"):  # Grafana draws only points above 0
+                    found = [s for s in found if any(float(v) > 0 for _, v in s["values"])]
                 outcome.series = len(found)
             except PromQLError as exc:
                 outcome.error = str(exc)
@@ -389,7 +391,10 @@ def test_template_variables_have_values(results: Results) -> None:
 def test_every_panel_and_annotation_query_returns_data(results: Results) -> None:
     failing = results.failing()
     checked = len(results.outcomes)
-    assert checked >= 35, f"only {checked} queries found: did the dashboards lose their panels?"
+    shipped = sum(
+        len(p.get("targets", [])) for d in DASHBOARDS.glob("*.json") for p in json.loads(d.read_text())["panels"]
+    ) + sum(1 for d in DASHBOARDS.glob("*.json") for a in json.loads(d.read_text())["annotations"]["list"] if "expr" in a)
+    assert checked == shipped > 0
     assert not failing, f"{len(failing)} of {checked} dashboard queries return nothing:\n" + "\n".join(failing)
 
 
@@ -409,7 +414,7 @@ def test_incident_is_annotated_when_it_opens_and_resolves(stack: Stack, results:
         o = annotations[f"annotation {name!r}"]
         marks = [
             (s["metric"]["campaign"], float(t)) for s in prom.query_range(o.promql, stack.scraped_from, results.end, results.step)
-            if s["metric"].get("campaign") == DROP and s["metric"]["kpi"] == "ctr" for t, _ in s["values"]
+            if s["metric"].get("campaign") == DROP and s["metric"]["kpi"] == "ctr" for t, v in s["values"] if float(v) > 0
         ]
         assert len(marks) == 1, f"{name}: {marks}"
         # The step it marks is the first at which Prometheus has the new value.
