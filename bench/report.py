@@ -52,7 +52,7 @@ def render(r: dict[str, Any]) -> str:
         "profile in `bench/out/` (not committed). Re-run it after a change and compare.",
         "",
         f"- **Run:** {r.get('started', '?')}{' (quick mode)' if r.get('quick') else ''}, "
-        f"{_n(r.get('total_s'))} s in all; command `{r.get('command', '?')}`",
+        f"{_n(r.get('total_s'))} s in all; command `{r.get('command', '?')}`; code at commit `{r.get('git', '?')}`",
         f"- **Machine:** {m.get('nproc', '?')} cores ({m.get('cpu_model', '?')}), {m.get('memory_gib', '?')} GiB RAM, "
         f"{m.get('os', '?')}. The broker, the producers, the benchmark and the worker(s) share these cores.",
         "- **Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()),

@@ -176,6 +176,7 @@ def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool
         for i in range(workers)
     ]
     cap = cap or a.worker_seconds
+    precreate_topics(ctx, base, app_id)
     spies: list[subprocess.Popen[bytes]] = []
     samples: list[tuple[float, float]] = []
     scrape_s: list[float] = []
@@ -276,6 +277,20 @@ def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool
     if profile and (OUT / "profile.txt").exists():
         out["profile"] = summarize(OUT / "profile.txt")
     return out
+
+
+def precreate_topics(ctx: Ctx, config: dict[str, Any], app_id: str) -> None:
+    """Create the worker's topics up front: workers started together race in ``ensure_topics``
+    (the loser exits with TOPIC_ALREADY_EXISTS)."""
+    try:
+        from kpi_core import config as config_mod
+        from kpimon.topics import wanted_topics
+        from streams.settings import WorkerSettings
+
+        wanted = wanted_topics(config_mod.from_dict(copy.deepcopy(config)), WorkerSettings(bootstrap=ctx.bootstrap, app_id=app_id))
+        create_topics(ctx.bootstrap, wanted)
+    except Exception as exc:  # noqa: BLE001 - the workers create what is missing themselves
+        log(f"could not pre-create the worker's topics ({type(exc).__name__}: {exc}); the workers will")
 
 
 def committed_events(ctx: Ctx, app_id: str) -> int:
@@ -700,6 +715,7 @@ def main() -> None:
         "quick": a.quick,
         "params": {k: v for k, v in vars(a).items() if k != "doc"},
         "machine": machine_info(),
+        "git": git_state(),
         "errors": {},
     }
     t_all = time.monotonic()
@@ -734,6 +750,19 @@ def main() -> None:
     log(f"done in {results['total_s']:.0f}s; wrote {os.path.relpath(a.doc, ROOT)} and bench/out/results.json")
     if results["errors"]:
         sys.exit(1)
+
+
+def git_state() -> str:
+    """The commit measured, and whether product files (outside bench/ and docs/) differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    changed = [line[3:] for line in status if not line[3:].startswith(("bench/", "docs/benchmarks.md"))]
+    return head + (f" + uncommitted changes in {len(changed)} files" if changed else "")
 
 
 def save(results: dict[str, Any], a: argparse.Namespace) -> None:

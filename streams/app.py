@@ -120,6 +120,7 @@ class Pipeline:
         self.progress: dict[str, int] = {}  # source partition -> largest event time routed
         self.read: dict[str, int] = {}  # source partition -> last offset read
         self.last_report = 0.0
+        self.kafka_up = True
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
 
@@ -129,6 +130,7 @@ class Pipeline:
         app.agent(self.alerts_topic, name="deliver")(self._deliver)
         app.timer(1.0, name="close-idle-windows")(self._tick)
         app.timer(1.0, name="router-heartbeat")(self._heartbeat)
+        app.timer(2.0, name="kafka-watch")(self._watch_kafka)
         app.task(self._start_web)
         app.task(self._start_silences)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -290,6 +292,9 @@ class Pipeline:
             engine = self.engines[p] = AlertEngine(self.plan)
             _restore(self.stage2_table, p, comb.load)
             _restore(self.alert_table, p, engine.load)
+            for (kpi, wi, bi, group), _ in engine.firing().items():
+                dims = self.plan.breakdowns[bi]
+                self.metrics.kpis.set_firing(kpi, self.plan.windows[wi].name, dims, dict(zip(dims, group)))
         return comb, self.engines[p]
 
     async def _combine(self, stream: Any) -> None:
@@ -301,7 +306,7 @@ class Pipeline:
             for closed in comb.finalize_windows():
                 for snap in closed.snapshots:
                     await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
-                    self.metrics.record_snapshot(snap)
+                    self.metrics.record_snapshot(snap, p)
                 for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
                     # The outbox: an alert is on Kafka before anyone tries to deliver it.
                     fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
@@ -371,6 +376,25 @@ class Pipeline:
             async with self.locks[tp.partition]:
                 await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
 
+    async def _watch_kafka(self) -> None:
+        """Say plainly when the brokers go away and come back (the clients only retry quietly)."""
+        reachable = False
+        for hostport in self.settings.bootstrap.split(","):
+            host, _, port = hostport.rpartition(":")
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout=1.0)
+                writer.close()
+                reachable = True
+                break
+            except (OSError, asyncio.TimeoutError, ValueError):
+                continue
+        if reachable != self.kafka_up:
+            if reachable:
+                log.warning("Kafka connection restored (%s): resuming; nothing was lost, uncommitted input is re-read", self.settings.bootstrap)
+            else:
+                log.error("Kafka connection lost (%s unreachable): state and offsets are safe; retrying until it is back", self.settings.bootstrap)
+            self.kafka_up = reachable
+
     def _export_lag(self) -> None:
         consumer = self.app.consumer
         committed = consumer._committed_offset  # Faust keeps no public accessor for it
@@ -396,6 +420,7 @@ class Pipeline:
             elif tp.topic == self.settings.partials_topic:
                 self.stage2.pop(tp.partition, None)
                 self.engines.pop(tp.partition, None)
+                self.metrics.kpis.forget(tp.partition)
 
     async def _start_silences(self) -> None:
         if self.silences is not None:

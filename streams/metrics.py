@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from kpi_core.plan import Plan
+from kpi_core.plan import SESSIONS, Plan
 from kpi_core.results import Snapshot, breakdown_name
 from kpi_core.incidents import AlertEvent
 
@@ -28,13 +28,19 @@ class KpiCollector:
         self.targets: dict[LabelValues, float] = {}
         self.firing: dict[LabelValues, float] = {}
         self.measures: dict[LabelValues, float] = {}  # (measure, window, breakdown, *dims)
+        self.owners: dict[int, set[LabelValues]] = {}  # combine partition -> (window, breakdown, *dims) it exported
 
-    def update(self, snap: Snapshot) -> None:
+    def update(self, snap: Snapshot, owner: int) -> None:
         """Take a closed window's values; a missing KPI removes its series."""
         group = tuple(snap.group.get(d, "") for d in self.dims)
         where = (snap.window, breakdown_name(snap.dims), *group)
+        self.owners.setdefault(owner, set()).add(where)
+        session_only = snap.phase == SESSIONS
         for name, value in snap.measures.items():
-            self.measures[(name, *where)] = value
+            # The sessions phase comes a session timeout later: its event measures
+            # would overwrite the newer windows' values.
+            if not session_only or name in self.plan.session_measures:
+                self.measures[(name, *where)] = value
         for kpi, value in snap.kpis.items():
             labels = (kpi, *where)
             target_cfg = self.plan.config.targets.get(kpi)
@@ -46,6 +52,17 @@ class KpiCollector:
             if target is not None:
                 self.targets[labels] = target
                 self.firing.setdefault(labels, 0.0)
+
+    def forget(self, owner: int) -> None:
+        """Drop the series of groups computed on a partition this worker no longer owns."""
+        gone = self.owners.pop(owner, set())
+        for data in (self.values, self.targets, self.firing, self.measures):
+            for labels in [k for k in data if k[1:] in gone]:
+                del data[labels]
+
+    def set_firing(self, kpi: str, window: str, dims: tuple[str, ...], group: dict[str, str]) -> None:
+        """Mark an incident as firing (e.g. restored from state after a restart)."""
+        self.firing[(kpi, window, breakdown_name(dims), *(group.get(d, "") for d in self.dims))] = 1.0
 
     def update_alert(self, alert: AlertEvent) -> None:
         """Firing incidents are 1, everything else with a rule 0."""
@@ -87,8 +104,8 @@ class Metrics:
         r.register(self.kpis)
         ProcessCollector(registry=r)
 
-    def record_snapshot(self, snap: Snapshot) -> None:
-        self.kpis.update(snap)
+    def record_snapshot(self, snap: Snapshot, owner: int) -> None:
+        self.kpis.update(snap, owner)
         self.snapshots.inc()
 
     def record_alert(self, alert: AlertEvent) -> None:

@@ -21,7 +21,7 @@ def _config(prefix: str) -> dict:
     return {**truth.CONFIG, "topics": topic_names(prefix) | {"partitions": 4}}
 
 
-def _check(bootstrap: str, prefix: str, want: dict, timeout: float = 180) -> None:
+def _check(bootstrap: str, prefix: str, want: dict, timeout: float = 300) -> None:
     got = list(truth.snapshots(bootstrap, f"{prefix}-kpi-snapshots", expect=len(want), timeout=timeout))
     problems = truth.compare(got, want)
     assert problems == [], f"{len(problems)} windows differ, e.g.:\n" + "\n".join(problems[:10])
