@@ -4,7 +4,7 @@ PYTHON := .venv/bin/python
 PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 KAFKA_PORT ?= 9092
 
-.PHONY: install test unit kafka-up kafka-down demo clean
+.PHONY: install test unit chaos kafka-up kafka-down demo clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -13,7 +13,11 @@ test: install
 	$(PYTEST)
 
 unit: install
-	$(PYTEST) -m "not integration"
+	$(PYTEST) -m "not integration" --ignore=tests/chaos --ignore=tests/integration
+
+# The failure tests: kill -9, failover, broker restart, fuzzing, TLS. Also part of `make test`.
+chaos: install
+	$(PYTEST) tests/chaos
 
 kafka-up: install
 	.venv/bin/kpimon kafka up --port $(KAFKA_PORT)

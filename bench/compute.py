@@ -34,12 +34,13 @@ from kpimon.simulator import SimConfig  # noqa: E402
 def state_writes(plan: Plan, raws: list[tuple[str, str, bytes]], batch: int, partitions: int = 4) -> dict[str, Any]:
     """Stage-1 state writes (changelog records) per event, as the worker makes them and coalesced.
 
-    Emulates the worker's shape: router batches of ``batch`` events split by campaign hash over
-    ``partitions`` stage-1 aggregators, and the state's ``changes()`` stored after every
-    partition message (as ``streams/app.py`` does), or after every 10th (coalesced).
+    Emulates the worker's shape: router batches of ``batch`` events (the worker's own
+    ``WorkerSettings.batch_size``) split by campaign hash over ``partitions`` stage-1
+    aggregators, and the state's ``changes()`` stored after every bundle or after every 8th
+    (the worker stores once per step of up to 64 bundles, however many it finds waiting).
     """
     out: dict[str, Any] = {"events": len(raws), "partitions": partitions, "router_batch": batch}
-    for every in (1, 10):
+    for every in (1, 8):
         aggs = [PartitionAggregator(plan, idle_ms=plan.config.idle_timeout) for _ in range(partitions)]
         records = total = sketch = 0
         offsets: dict[str, int] = {}
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--campaigns", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--batch", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=0, help="router batch (default: the worker's WorkerSettings.batch_size)")
     ap.add_argument("--state-events", type=int, default=200_000, help="events for the state-write what-if")
     args = ap.parse_args()
 
@@ -112,13 +113,15 @@ def main() -> None:
         ev = decode(raw, etype)
         off = offsets[topic] = offsets.get(topic, -1) + 1
         batch.append((topic, off, ev.type, ev.ts, ev.data))
-        if len(batch) >= args.batch:
+        if len(batch) >= (args.batch or 2000):
             outputs += len(pipe.feed(batch))
             batch = []
     outputs += len(pipe.feed(batch))
     pipeline_s = time.perf_counter() - t0
     n = len(raws)
-    writes = state_writes(plan, raws[: args.state_events], args.batch)
+    from streams.settings import WorkerSettings
+
+    writes = state_writes(plan, raws[: args.state_events], args.batch or WorkerSettings().batch_size)
     print(json.dumps({
         "state_writes": writes,
         "events": n,

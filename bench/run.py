@@ -144,7 +144,7 @@ def phase_throughput(ctx: Ctx, results: dict[str, Any]) -> None:
         cfg_path.write_text(yaml.safe_dump(throughput_config(ctx, f"{ctx.prefix}-compute")))
         log(f"== kpi_core alone (no Kafka): decode + LocalPipeline over {n:,} events")
         res["compute"] = run_json(
-            [PY, str(BENCH_DIR / "compute.py"), "--config", str(cfg_path), "--events", str(min(n, 300_000)),
+            [PY, str(BENCH_DIR / "compute.py"), "--config", str(cfg_path), "--events", str(min(n, 200_000)),
              "--campaigns", str(a.campaigns)],
             timeout=600, what="kpi_core compute",
         )
@@ -272,6 +272,7 @@ def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool
         "rss_mb_at_end": [round(r / 1024) for r, _ in rss],
         "poll_interval_s": a.poll,
         "changelog_mb": changelog_mb(ctx, app_id),
+        "messages": topic_messages(ctx, app_id, ["events", "stage1-changelog", "partials"]),
         "samples": samples[:: max(1, len(samples) // 200)],
     }
     if profile and (OUT / "profile.txt").exists():
@@ -320,6 +321,22 @@ def committed_events(ctx: Ctx, app_id: str) -> int:
     finally:
         consumer.close()
     return n
+
+
+def topic_messages(ctx: Ctx, app_id: str, suffixes: list[str]) -> dict[str, int]:
+    """How many records each of the app's topics holds (sum of its partitions' end offsets)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=ctx.bootstrap.split(","), enable_auto_commit=False, group_id=None)
+    out = {}
+    try:
+        for suffix in suffixes:
+            t = f"{app_id}-{suffix}"
+            tps = [TopicPartition(t, p) for p in (consumer.partitions_for_topic(t) or set())]
+            out[suffix] = sum(consumer.end_offsets(tps).values()) if tps else 0
+    finally:
+        consumer.close()
+    return out
 
 
 def changelog_mb(ctx: Ctx, app_id: str) -> dict[str, float]:
@@ -425,7 +442,8 @@ def phase_whatif(ctx: Ctx, results: dict[str, Any]) -> None:
     """
     res = results.setdefault("whatif", {})
     n = preload(ctx)["events"]
-    for i, (name, env) in enumerate(WHATIF.items()):
+    chosen = list(WHATIF.items()) if ctx.args.whatif_all else list(WHATIF.items())[:1]
+    for i, (name, env) in enumerate(chosen):
         log(f"== what-if: one worker with {name} ({', '.join(f'{k}={v}' for k, v in env.items())})")
         r = measure_workers(ctx, n, workers=1, label=f"x{i}", profile=False, cap=ctx.args.whatif_seconds, env=env)
         r.pop("samples", None)
@@ -441,11 +459,26 @@ def iso_ms(text: str) -> int:
 
 
 def phase_latency(ctx: Ctx, results: dict[str, Any]) -> None:
+    """The brief's rate first (its numbers are the headline), then lower rates, if asked for."""
+    a = ctx.args
+    res = results.setdefault("latency", {})
+    for i, rate in enumerate(a.latency_rates):
+        seconds = a.latency_seconds if i == 0 else a.latency_low_seconds
+        run: dict[str, Any] = {}
+        try:
+            latency_run(ctx, run, rate=rate, seconds=seconds, app_id=f"{ctx.prefix}-lat{rate}")
+        finally:
+            if i == 0:
+                res.update(run)
+            else:
+                res.setdefault("other_rates", {})[str(rate)] = run
+
+
+def latency_run(ctx: Ctx, res: dict[str, Any], *, rate: int, seconds: int, app_id: str) -> None:
     from tests.support.slack_api import SlackAPIServer
 
     a = ctx.args
-    res = results.setdefault("latency", {})
-    app_id = f"{ctx.prefix}-lat"
+    res["rate"] = rate
     window_ms, lateness_ms = 10_000, 1_000
     cfg = default_catalogue()
     cfg["windows"] = [{"size": "10s"}]
@@ -461,7 +494,7 @@ def phase_latency(ctx: Ctx, results: dict[str, Any]) -> None:
                   {topics["snapshots"]: append, topics["alerts"]: append})
     # Staggered CTR collapses: each opens an incident in a different window, then reminds every window.
     n_anom = a.latency_anomalies
-    spread = a.latency_seconds * 0.6
+    spread = seconds * 0.6
     anomalies = [f"camp-{i:03d}:0.0:{5 + i * spread / max(1, n_anom):.1f}" for i in range(n_anom)]
     with SlackAPIServer(token=SLACK_TOKEN) as slack:
         mono_to_wall = time.time() - time.monotonic()
@@ -471,17 +504,17 @@ def phase_latency(ctx: Ctx, results: dict[str, Any]) -> None:
         w.start()
         try:
             res["worker_ready_s"] = round(w.wait_ready(120), 1)
-            log(f"latency: producing ~{a.latency_rate:,} events/s in real time for {a.latency_seconds}s "
+            log(f"latency: producing ~{rate:,} events/s in real time for {seconds}s "
                 f"({a.latency_campaigns} campaigns, {n_anom} with a CTR collapse)")
             cpu0, t_cpu0 = w.cpu_seconds(), time.monotonic()
             rss_max = 0
             producer = subprocess.Popen(
                 [PY, str(BENCH_DIR / "paced.py"), "--bootstrap", ctx.bootstrap, "--prefix", app_id,
-                 "--campaigns", str(a.latency_campaigns), "--events-per-s", str(a.latency_rate),
-                 "--duration", str(a.latency_seconds), *[x for an in anomalies for x in ("--anomaly", an)]],
+                 "--campaigns", str(a.latency_campaigns), "--events-per-s", str(rate),
+                 "--duration", str(seconds), *[x for an in anomalies for x in ("--anomaly", an)]],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True,
             )
-            deadline = time.monotonic() + a.latency_seconds + 180
+            deadline = time.monotonic() + seconds + 180
             while producer.poll() is None:
                 if time.monotonic() > deadline:
                     producer.kill()
@@ -580,7 +613,7 @@ def phase_latency(ctx: Ctx, results: dict[str, Any]) -> None:
         "slack_requests": slack_calls,
         "slack_posts": len(slack_posts),
     })
-    log(f"latency: close->snapshot p50 {res['snapshot_records']['p50_ms']} ms p99 {res['snapshot_records']['p99_ms']} ms; "
+    log(f"latency at {rate:,}/s: close->snapshot p50 {res['snapshot_records']['p50_ms']} ms p99 {res['snapshot_records']['p99_ms']} ms; "
         f"close->Slack p50 {res['close_to_slack']['p50_ms']} ms p99 {res['close_to_slack']['p99_ms']} ms "
         f"({len(alert_lat)} alerts)")
 
@@ -592,18 +625,74 @@ def _r(x: float | None) -> float | None:
 # -- phase 3: memory ----------------------------------------------------------------------
 
 
+#: What lets the worker close windows of 10,000 campaigns: stage 1 sends all of a partition's
+#: partials for a window in one message (and stage 2 stores a pending window as one value), which
+#: passes the 1 MB default request and topic limits at about 2,000 campaigns.
+BIG_MESSAGES_ENV = {"PRODUCER_MAX_REQUEST_SIZE": str(32 * 1024 * 1024)}
+BIG_TOPIC = {"max.message.bytes": str(32 * 1024 * 1024)}
+
+
 def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
-    a = ctx.args
+    """As shipped first; if the worker dies, record why and measure again with bigger message limits."""
     res = results.setdefault("memory", {})
-    app_id = f"{ctx.prefix}-mem"
+    try:
+        memory_run(ctx, res, app_id=f"{ctx.prefix}-mem")
+        return
+    except WorkerDied as died:
+        res.clear()
+        res["as_shipped_crash"] = {"after_s": died.after_s, "reason": died.reason}
+        log(f"memory: the worker died {died.after_s:.0f}s in ({died.reason[:160]}); measuring again with "
+            "32 MB message limits")
+    workaround: dict[str, Any] = {}
+    memory_run(ctx, workaround, app_id=f"{ctx.prefix}-mem2", big_messages=True)
+    res.update(workaround)
+    res["workaround"] = {"env": BIG_MESSAGES_ENV, "topics": "partials and stage2-changelog created with "
+                                                              f"max.message.bytes={BIG_TOPIC['max.message.bytes']}"}
+
+
+class WorkerDied(Exception):
+    def __init__(self, after_s: float, reason: str) -> None:
+        super().__init__(reason)
+        self.after_s = after_s
+        self.reason = reason
+
+
+def crash_reason(w: WorkerProc) -> str:
+    """The worker log's first ERROR line (what Faust crashed with)."""
+    try:
+        lines = w.log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "unknown (no worker log)"
+    for marker in ("Crashed reason=", "[ERROR]", "Error"):
+        for line in lines:
+            if marker in line and "Coordinator" not in line:
+                return line.strip()[:600]
+    return "unknown (see the worker log)"
+
+
+def memory_run(ctx: Ctx, res: dict[str, Any], *, app_id: str, big_messages: bool = False) -> None:
+    a = ctx.args
     cfg = default_catalogue()  # 1m and 1h windows, 10s lateness, every KPI
     cfg["topics"] = topics_section(app_id, app_id, PARTITIONS)
     cfg["targets"] = {"ctr": {"value": "2%", "min_denominator": 100, "confidence": 0.95}}
-    w = WorkerProc(cfg, bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, name=app_id)
-    log(f"== memory: {a.memory_campaigns:,} campaigns at ~{a.memory_rate:,} events/s in real time for {a.memory_seconds}s")
+    env = None
+    if big_messages:
+        env = dict(BIG_MESSAGES_ENV)
+        compact = {"cleanup.policy": "compact", **BIG_TOPIC}
+        create_topics(ctx.bootstrap, {f"{app_id}-partials": PARTITIONS, f"{app_id}-stage2-changelog": PARTITIONS},
+                      {f"{app_id}-partials": BIG_TOPIC, f"{app_id}-stage2-changelog": compact})
+    w = WorkerProc(cfg, bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, name=app_id, env=env)
+    log(f"== memory: {a.memory_campaigns:,} campaigns at ~{a.memory_rate:,} events/s in real time for {a.memory_seconds}s"
+        + (" (32 MB message limits)" if big_messages else ""))
     samples: list[tuple[float, int]] = []
     w.start()
     t0 = time.monotonic()
+    producer = None
+
+    def check() -> None:
+        if not w.alive():
+            raise WorkerDied(time.monotonic() - t0, crash_reason(w))
+
     try:
         res["worker_ready_s"] = round(w.wait_ready(120), 1)
         res["rss_mb_idle"] = round(w.rss_kb()[0] / 1024)
@@ -617,10 +706,10 @@ def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
         last_log = time.monotonic()
         while producer.poll() is None:
             if time.monotonic() > deadline:
-                producer.kill()
                 raise RuntimeError("the paced producer overran its time")
-            w.check_alive()
+            check()
             samples.append((round(time.monotonic() - t0, 1), w.rss_kb()[0]))
+            res["rss_mb_max_sampled"] = round(max(kb for _, kb in samples) / 1024)
             if time.monotonic() - last_log > 15:
                 last_log = time.monotonic()
                 log(f"memory: RSS {samples[-1][1] / 1024:,.0f} MB at {samples[-1][0]:.0f}s")
@@ -632,7 +721,7 @@ def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
         # Keep sampling while the last windows close on the idle timeout.
         tail_end = time.monotonic() + a.memory_tail
         while time.monotonic() < tail_end:
-            w.check_alive()
+            check()
             samples.append((round(time.monotonic() - t0, 1), w.rss_kb()[0]))
             time.sleep(1)
         scrape = w.scrape(timeout=120)
@@ -649,12 +738,15 @@ def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
             "samples_mb": [(t, round(kb / 1024)) for t, kb in samples[:: max(1, len(samples) // 60)]],
         })
         # Growth over the last minute of traffic, to see whether a longer run would keep growing.
-        prod_end = res["producer"]["end_ms"]
-        late = [(t, kb) for t, kb in samples if t >= max(0.0, samples[-1][0] - a.memory_tail - 60)]
-        if len(late) > 5:
-            res["rss_growth_mb_per_min"] = round((late[-1][1] - late[0][1]) / 1024 / ((late[-1][0] - late[0][0]) / 60), 1)
-        res["producer_end_ms"] = prod_end
+        last = [(t, kb) for t, kb in samples if t >= max(0.0, samples[-1][0] - a.memory_tail - 60)]
+        if len(last) > 5:
+            res["rss_growth_mb_per_min"] = round((last[-1][1] - last[0][1]) / 1024 / ((last[-1][0] - last[0][0]) / 60), 1)
     finally:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+            producer.wait()
+        if samples:
+            res["samples_mb"] = res.get("samples_mb") or [(t, round(kb / 1024)) for t, kb in samples[:: max(1, len(samples) // 60)]]
         w.stop()
     log(f"memory: max RSS {res.get('rss_mb_max_sampled')} MB (VmHWM {res.get('rss_mb_hwm')} MB); "
         f"/metrics {res.get('metrics_scrape_mb')} MB in {res.get('metrics_scrape_s')}s")
@@ -676,14 +768,17 @@ def main() -> None:
     ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
     ap.add_argument("--profile-seconds", type=int)
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between /metrics polls")
-    ap.add_argument("--worker-seconds", type=int, help="cap on a throughput run, from its first event (default 240; 90 quick)")
-    ap.add_argument("--scaling-seconds", type=int, help="cap on each scaling run (default 150; 60 quick)")
+    ap.add_argument("--worker-seconds", type=int, help="cap on a throughput run, from its first event (default 150; 90 quick)")
+    ap.add_argument("--scaling-seconds", type=int, help="cap on each scaling run (default 120; 60 quick)")
     ap.add_argument("--scaling-rerun-one", action="store_true", help="measure one worker again instead of reusing phase 1")
-    ap.add_argument("--whatif-seconds", type=int, help="cap on each what-if run (default 120; 60 quick)")
+    ap.add_argument("--whatif-seconds", type=int, help="cap on each what-if run (default 100; 60 quick)")
+    ap.add_argument("--whatif-all", action="store_true", help="also try gzip compression (slower; see the docs)")
     ap.add_argument("--stage-timeout", type=float, default=240, help="seconds to wait for stages 1 and 2 to catch up")
     ap.add_argument("--throughput-idle-timeout", default="", help="idle_timeout of the throughput workers (default: 10s)")
-    ap.add_argument("--latency-rate", type=int, default=5000)
-    ap.add_argument("--latency-seconds", type=int)
+    ap.add_argument("--latency-rates", default="5000,1000",
+                    help="events/s of the latency runs; the first is the headline (default 5000,1000)")
+    ap.add_argument("--latency-seconds", type=int, help="length of the first latency run (default 60; 30 quick)")
+    ap.add_argument("--latency-low-seconds", type=int, help="length of the other latency runs (default 40; 30 quick)")
     ap.add_argument("--latency-campaigns", type=int, default=100)
     ap.add_argument("--latency-anomalies", type=int, default=10)
     ap.add_argument("--idle-timeout", default="2s", help="idle_timeout of the latency worker")
@@ -697,11 +792,13 @@ def main() -> None:
     a = ap.parse_args()
     a.events = a.events or (100_000 if a.quick else 1_000_000)
     a.profile_seconds = a.profile_seconds or (15 if a.quick else 30)
-    a.worker_seconds = a.worker_seconds or (90 if a.quick else 180)
-    a.scaling_seconds = a.scaling_seconds or (60 if a.quick else 150)
-    a.whatif_seconds = a.whatif_seconds or (60 if a.quick else 120)
+    a.worker_seconds = a.worker_seconds or (90 if a.quick else 150)
+    a.scaling_seconds = a.scaling_seconds or (60 if a.quick else 120)
+    a.whatif_seconds = a.whatif_seconds or (60 if a.quick else 100)
     a.latency_seconds = a.latency_seconds or (30 if a.quick else 60)
-    a.memory_seconds = a.memory_seconds or (45 if a.quick else 150)
+    a.latency_low_seconds = a.latency_low_seconds or (30 if a.quick else 40)
+    a.latency_rates = [int(x) for x in str(a.latency_rates).split(",") if x.strip()]
+    a.memory_seconds = a.memory_seconds or (90 if a.quick else 120)
     phases = [p.strip() for p in a.phases.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:

@@ -145,7 +145,9 @@ def validate(obj: Any, implied_type: str | None = None) -> Event:
     if etype is None:
         raise InvalidEvent("missing_field", "type is required on this topic")
     if not isinstance(etype, str) or etype not in TYPE_FIELDS:
-        raise InvalidEvent("unknown_type", f"unknown event type {str(etype)[:40]!r}")
+        # Never str() arbitrary JSON here: a deeply nested value would blow the stack.
+        shown = repr(etype[:40]) if isinstance(etype, str) else f"a {type(etype).__name__}"
+        raise InvalidEvent("unknown_type", f"unknown event type {shown}")
     if implied_type is not None and etype != implied_type:
         raise InvalidEvent("type_mismatch", f"a {etype} event on a topic that carries {implied_type} events")
     if "ts" not in obj:

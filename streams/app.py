@@ -168,6 +168,10 @@ class Pipeline:
                 except InvalidEvent as exc:
                     await self._dead_letter(msg, exc)
                     continue
+                except Exception as exc:  # noqa: BLE001 - no input may stop the router
+                    log.exception("unexpected error validating %s:%s@%s", msg.topic, msg.partition, msg.offset)
+                    await self._dead_letter(msg, InvalidEvent("invalid_value", f"could not be validated ({type(exc).__name__})"))
+                    continue
                 source = f"{msg.topic}:{msg.partition}"
                 if ev.ts > progress.get(source, -1):
                     progress[source] = ev.ts

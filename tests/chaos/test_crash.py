@@ -56,10 +56,10 @@ def test_two_workers_then_one_is_killed_and_the_survivor_takes_over(kafka_bootst
     prefix = f"pair{uuid.uuid4().hex[:6]}"
     evs = truth.events(200_000, seed=4)
     want = truth.truth(evs)
-    a = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "a")
-    b = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "b")
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
+    a = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "a")
+    b = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "b")
     a.start()
     b.start()
     _wait_split(a, b)

@@ -586,11 +586,6 @@ def test_the_worker_is_still_up(fed: Fed, dead_letters: list[Any]) -> None:
 DEPTH = 1000  # orjson accepts nesting up to 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: kpi_core/events.py validate() builds the unknown_type detail with str(etype)[:40]; for a type "
-    "nested ~1000 deep that raises RecursionError, which crashes the route agent instead of dead-lettering",
-)
 def test_a_deeply_nested_type_is_dead_lettered_not_a_crash(kafka_bootstrap: str, tmp_path: Path) -> None:
     prefix = f"fzd{uuid.uuid4().hex[:8]}"
     worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path).start()
