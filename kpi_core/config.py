@@ -311,7 +311,7 @@ class Config(_Model):
     alerting: Alerting = Alerting()
     topics: Topics = Topics()
     metrics_port: int = Field(default=6066, ge=0, le=65535)
-    top_campaigns: int = Field(default=0, ge=0)  # reserved: label bounding arrives with the reliability work
+    top_campaigns: int = Field(default=100, ge=0)  # /metrics labels: the top N campaigns by volume, the rest as "other" (0: all)
 
     _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", "max_future", mode="before")(
         lambda v: parse_duration(v)

@@ -78,11 +78,58 @@ class KpiCollector:
             ("kpimon_alert_firing", "1 while an incident is firing for this KPI and group", "kpi", self.firing),
             ("kpimon_measure_value", "Raw windowed numerators and denominators, for correct roll-ups", "measure", self.measures),
         )
+        bounded = self._bounded()
         for name, doc, first, data in families:
             family = GaugeMetricFamily(name, doc, labels=[first, *where])
-            for labels, value in list(data.items()):
+            for labels, value in bounded.get(name, data).items():
                 family.add_metric(labels, value)
             yield family
+
+    def _bounded(self) -> dict[str, dict[LabelValues, float]]:
+        """Campaign labels bounded to the top N by volume; the rest summed into campaign="other".
+
+        Volume is the first configured measure (impressions in the default catalogue).
+        Measures of "other" are sums, and its KPIs are computed from those sums, so
+        roll-ups over campaigns stay correct; "other" has no target and no alert series.
+        """
+        n = self.plan.config.top_campaigns
+        if not n or "campaign" not in self.dims:
+            return {}
+        at = 3 + self.dims.index("campaign")  # (name, window, breakdown, *dims)
+        volume_measure = next(iter(self.plan.config.measures))
+        volume: dict[str, float] = {}
+        for labels, value in list(self.measures.items()):
+            if labels[0] == volume_measure and labels[at]:
+                volume[labels[at]] = volume.get(labels[at], 0.0) + value
+        if len(volume) <= n:
+            return {}
+        top = set(sorted(volume, key=lambda c: (-volume[c], c))[:n])
+
+        def kept(labels: LabelValues) -> bool:
+            return not labels[at] or labels[at] in top
+
+        measures: dict[LabelValues, float] = {}
+        others: dict[LabelValues, dict[str, float]] = {}  # (window, breakdown, *dims) with "other" -> measures
+        for labels, value in list(self.measures.items()):
+            if kept(labels):
+                measures[labels] = value
+            else:
+                other = (*labels[:at], "other", *labels[at + 1 :])
+                measures[other] = measures.get(other, 0.0) + value
+                others.setdefault(other[1:], {})[labels[0]] = measures[other]
+        values = {k: v for k, v in list(self.values.items()) if kept(k)}
+        for where, m in others.items():
+            for k in self.plan.kpis:
+                if not k.kpi.change and all(r in m for r in k.kpi.refs()):
+                    value = k.value(m, None)
+                    if value is not None:
+                        values[(k.name, *where)] = value
+        return {
+            "kpimon_kpi_value": values,
+            "kpimon_kpi_target": {k: v for k, v in list(self.targets.items()) if kept(k)},
+            "kpimon_alert_firing": {k: v for k, v in list(self.firing.items()) if kept(k)},
+            "kpimon_measure_value": measures,
+        }
 
 
 class Metrics:

@@ -1,0 +1,58 @@
+"""The exporter: label cardinality bounded to the top campaigns, with exact sums for "other"."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from kpi_core.config import from_dict
+from kpi_core.plan import Plan
+from kpi_core.results import Snapshot
+from streams.metrics import Metrics
+
+
+def _metrics(top: int) -> Metrics:
+    plan = Plan(from_dict({
+        "windows": [{"size": "1m"}],
+        "breakdowns": [["campaign"], []],
+        "measures": {"impressions": {"event": "impression"}, "clicks": {"event": "click"}},
+        "kpis": {"ctr": {"ratio": ["clicks", "impressions"]}},
+        "targets": {"ctr": {"value": 0.01}},
+        "top_campaigns": top,
+    }))
+    m = Metrics(plan)
+    for name, imps, clicks in [("big", 1000, 50), ("mid", 500, 10), ("small", 100, 1), ("tiny", 10, 1)]:
+        snap = Snapshot("1m", 0, 60_000, ("campaign",), {"campaign": name}, "events", {"impressions": imps, "clicks": clicks}, {"ctr": clicks / imps})
+        m.record_snapshot(snap, owner=0)
+    return m
+
+
+def _samples(m: Metrics, name: str) -> dict[tuple[str, str], float]:
+    out = {}
+    for family in text_string_to_metric_families(generate_latest(m.registry).decode()):
+        for s in family.samples:
+            if s.name == name:
+                out[(s.labels.get("kpi") or s.labels.get("measure"), s.labels["campaign"])] = s.value
+    return out
+
+
+def test_only_the_top_campaigns_keep_their_own_labels() -> None:
+    m = _metrics(top=2)
+    assert _samples(m, "kpimon_measure_value") == {
+        ("impressions", "big"): 1000, ("clicks", "big"): 50,
+        ("impressions", "mid"): 500, ("clicks", "mid"): 10,
+        ("impressions", "other"): 110, ("clicks", "other"): 2,  # small + tiny, summed
+    }
+    # "other"'s CTR comes from the sums (2 / 110), never from averaging 1% and 10%
+    assert _samples(m, "kpimon_kpi_value") == {("ctr", "big"): 0.05, ("ctr", "mid"): 0.02, ("ctr", "other"): 2 / 110}
+    assert set(_samples(m, "kpimon_kpi_target")) == {("ctr", "big"), ("ctr", "mid")}
+
+
+def test_zero_means_unbounded() -> None:
+    assert {c for _, c in _samples(_metrics(top=0), "kpimon_kpi_value")} == {"big", "mid", "small", "tiny"}
+
+
+def test_forgetting_a_partition_drops_its_series() -> None:
+    m = _metrics(top=0)
+    m.kpis.forget(0)
+    assert _samples(m, "kpimon_kpi_value") == {}
