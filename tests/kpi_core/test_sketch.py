@@ -88,3 +88,15 @@ def _expected_register(value: str) -> tuple[int, int]:
     h = int.from_bytes(blake2b(value.encode(), digest_size=8).digest(), "big")
     rest = h & ((1 << 53) - 1)
     return h >> 53, 53 - rest.bit_length() + 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 30, 100, 5_000])  # empty, sparse, and past the dense switch
+def test_encode_round_trips_sparse_and_dense(n: int) -> None:
+    from kpi_core import sketch as hll
+
+    registers = hll.new()
+    for i in range(n):
+        hll.add(registers, f"visitor-{i}")
+    encoded = hll.encode(registers)
+    assert hll.decode(encoded) == registers
+    assert isinstance(encoded, list if n <= 100 else str)
