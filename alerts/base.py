@@ -1,4 +1,4 @@
-"""The contracts every notifier and delivery keeps, the state delivery leaves behind, and the one error."""
+"""The contract every delivery keeps, the state delivery leaves behind, and the one error."""
 
 from __future__ import annotations
 
@@ -7,17 +7,6 @@ from typing import Any, Protocol
 
 from kpi_core.errors import KpimonError
 from kpi_core.incidents import AlertEvent
-from kpi_core.results import Breach
-
-
-class Notifier(Protocol):
-    """Delivers alerts somewhere people will see them."""
-
-    async def send(self, breaches: list[Breach]) -> None:
-        """Deliver one alert about these breaches (one group); raise ``AlertDeliveryError`` if it could not."""
-
-    async def close(self) -> None:
-        """Release connections; the notifier is not used afterwards."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,7 +259,39 @@ class SlackThreadDelivery:
             return None
 
 
-class WebhookDelivery:
+class _OneShotDelivery:
+    """Begin, skip and the duplicate checks of deliveries that send each event once and keep no thread.
+
+    Subclasses implement ``_send``: it runs only for events not yet delivered and shown to someone.
+    """
+
+    def begin(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
+        """The state to store before ``deliver``: the event marked pending."""
+        state = state or DeliveryState()
+        return state if state.delivered_seq >= event.seq else replace(state, pending_id=event.id)
+
+    def skip(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
+        """Mark the event delivered without sending it."""
+        return (state or DeliveryState()).delivered(event, shown=False)
+
+    async def deliver(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
+        """Send the event unless it was delivered already or resolves a thread never shown."""
+        state = state or DeliveryState()
+        if state.delivered_seq >= event.seq:
+            return replace(state, pending_id=None) if state.pending_id == event.id else state
+        if _never_shown(event, state):
+            return state.delivered(event, shown=False)
+        await self._send(event, state)
+        return state.delivered(event)
+
+    async def _send(self, event: AlertEvent, state: DeliveryState) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class WebhookDelivery(_OneShotDelivery):
     """Every event is a new message: incoming webhooks cannot edit, reply in threads or read history.
 
     So an event in doubt after a crash cannot be checked: it is posted again (at least
@@ -278,65 +310,31 @@ class WebhookDelivery:
         self._poster = WebhookPoster(url=url, max_retries=max_retries, retry_interval=retry_interval)
         self._grafana_url = grafana_url
 
-    def begin(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-        """The state to store before ``deliver``: the event marked pending."""
-        return _begin(event, state)
-
-    def skip(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-        """Mark the event delivered without sending it."""
-        return (state or DeliveryState()).delivered(event, shown=False)
-
-    async def deliver(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
+    async def _send(self, event: AlertEvent, state: DeliveryState) -> None:
         """Post the event as a message of its own: updates say what changed, resolves say RESOLVED."""
-        state = state or DeliveryState()
-        if state.delivered_seq >= event.seq:
-            return replace(state, pending_id=None) if state.pending_id == event.id else state
-        if _never_shown(event, state):
-            return state.delivered(event, shown=False)
         change = None
         if event.kind in ("updated", "reminder"):
             change = render_update(event, previous_severity=state.severity, previously_firing=state.firing)
         text, blocks = render_event(event, change=change, grafana_url=self._grafana_url)
-        await self._poster.post(text=text, blocks=blocks)
+        await self._poster.post(text=text, blocks=blocks)  # slack-sdk opens a session per call: nothing to close
         log.info("Alert %s (%s) posted to the Slack incoming webhook", event.id, event.kind)
-        return state.delivered(event)
-
-    async def close(self) -> None:
-        """Nothing to release: slack-sdk opens a session per call."""
 
 
-class ConsoleDelivery:
+class ConsoleDelivery(_OneShotDelivery):
     """Writes each event to a stream (stdout by default) under a banner, so a demo shows it."""
 
     def __init__(self, stream: TextIO | None = None, *, grafana_url: str | None = None) -> None:
         self._stream = stream
         self._grafana_url = grafana_url
 
-    def begin(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-        """The state to store before ``deliver``: the event marked pending."""
-        return _begin(event, state)
-
-    def skip(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-        """Mark the event delivered without writing it."""
-        return (state or DeliveryState()).delivered(event, shown=False)
-
-    async def deliver(self, event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-        """Write the thread's current state, unless this event was written already."""
-        state = state or DeliveryState()
-        if state.delivered_seq >= event.seq:
-            return replace(state, pending_id=None) if state.pending_id == event.id else state
-        if _never_shown(event, state):
-            return state.delivered(event, shown=False)
+    async def _send(self, event: AlertEvent, state: DeliveryState) -> None:
+        """Write the thread's current state."""
         text, _ = render_event(event, grafana_url=self._grafana_url)
         log.info("Alert %s (%s) written to the console", event.id, event.kind)
         # Looked up at write time, so a replaced sys.stdout (pytest's capsys, a redirect) is honoured.
         stream = sys.stdout if self._stream is None else self._stream
         stream.write(f"\n=== ALERT {event.kind} {event.id} ===\n{text}\n")
         stream.flush()
-        return state.delivered(event)
-
-    async def close(self) -> None:
-        """Nothing to release."""
 
 
 def build_delivery(
@@ -367,11 +365,6 @@ def build_delivery(
     # Said out loud: an operator who meant to configure Slack should notice.
     log.warning("No SLACK_* settings: alerts go to the log and stdout only")
     return ConsoleDelivery(grafana_url=grafana_url)
-
-
-def _begin(event: AlertEvent, state: DeliveryState | None) -> DeliveryState:
-    state = state or DeliveryState()
-    return state if state.delivered_seq >= event.seq else replace(state, pending_id=event.id)
 
 
 def _never_shown(event: AlertEvent, state: DeliveryState) -> bool:

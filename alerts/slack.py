@@ -1,4 +1,5 @@
-"""Slack notifiers: the Web API with a bot token, and incoming webhooks.
+"""Slack plumbing shared by the deliveries: the Web API client (bot token), the incoming
+webhook poster, and how their failures become ``AlertDeliveryError``s.
 
 Both retry with slack-sdk's async retry handlers (never the sync ones, which
 ``time.sleep`` and would stall the worker's event loop). Errors and log lines never
@@ -32,12 +33,8 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from slack_sdk.webhook.webhook_response import WebhookResponse
 
 from alerts.base import AlertDeliveryError
-from alerts.render import render
-from kpi_core.results import Breach
 
 DEFAULT_MAX_RETRIES = 5
-
-log = logging.getLogger("kpimon.alerts")
 
 # slack-sdk logs request URLs (a webhook URL is a secret) whenever its logger's own level
 # is DEBUG or unset, even at INFO for retries; a logger pinned at INFO turns that off.
@@ -62,64 +59,6 @@ class _ServerErrorRetryHandler(AsyncServerErrorRetryHandler):
         error: Exception | None = None,
     ) -> bool:
         return response is not None and response.status_code in _RETRYABLE_5XX
-
-
-class SlackBotNotifier:
-    """Posts each alert to a channel with ``chat.postMessage``."""
-
-    def __init__(
-        self,
-        *,
-        token: SecretStr,
-        channel: str,
-        api_url: str = AsyncWebClient.BASE_URL,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_interval: RetryIntervalCalculator | None = None,
-        grafana_url: str | None = None,
-    ) -> None:
-        self._channel = channel
-        self._grafana_url = grafana_url
-        self._client = web_client(token=token, api_url=api_url, max_retries=max_retries, retry_interval=retry_interval)
-
-    async def send(self, breaches: list[Breach]) -> None:
-        """Post one message about these breaches."""
-        if not breaches:
-            return
-        text, blocks = render(breaches, grafana_url=self._grafana_url)
-        try:
-            response = await self._client.chat_postMessage(channel=self._channel, text=text, blocks=blocks)
-        except Exception as err:
-            raise delivery_error("chat.postMessage", err) from None
-        log.info("Alert posted to Slack channel %s (ts %s)", self._channel, response.get("ts"))
-
-    async def close(self) -> None:
-        """Nothing to release: slack-sdk opens a session per call."""
-
-
-class SlackWebhookNotifier:
-    """Posts each alert to an incoming webhook."""
-
-    def __init__(
-        self,
-        *,
-        url: SecretStr,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        retry_interval: RetryIntervalCalculator | None = None,
-        grafana_url: str | None = None,
-    ) -> None:
-        self._grafana_url = grafana_url
-        self._poster = WebhookPoster(url=url, max_retries=max_retries, retry_interval=retry_interval)
-
-    async def send(self, breaches: list[Breach]) -> None:
-        """Post one message about these breaches."""
-        if not breaches:
-            return
-        text, blocks = render(breaches, grafana_url=self._grafana_url)
-        await self._poster.post(text=text, blocks=blocks)
-        log.info("Alert posted to the Slack incoming webhook")
-
-    async def close(self) -> None:
-        """Nothing to release: slack-sdk opens a session per call."""
 
 
 class WebhookPoster:

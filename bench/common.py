@@ -424,6 +424,24 @@ def steady_rate(cfg: Any, warmup_s: int = 120, measure_s: int = 30) -> float:
     return n / measure_s
 
 
+def calibrate(campaigns: int, target: float, ctr_range: tuple[float, float], seed: int) -> tuple[float, float]:
+    """The per-campaign impression rate that gives ``target`` events/s, and the rate it gives."""
+    # Spend is per campaign and interval, not per impression: fit rate -> events/s as a line.
+    r1 = max(0.005, target / campaigns / 1.3 / 2)
+    r2 = 2 * r1
+    e1 = steady_rate(_sim(campaigns=campaigns, rate=r1, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
+    e2 = steady_rate(_sim(campaigns=campaigns, rate=r2, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
+    slope = (e2 - e1) / (r2 - r1)
+    rate = max(0.001, (target - (e1 - slope * r1)) / slope)
+    return rate, e1 + slope * (rate - r1)
+
+
+def _sim(**kw: Any) -> Any:
+    from kpimon.simulator import SimConfig
+
+    return SimConfig(**kw)
+
+
 def steady_events(cfg: Any, start_ms: int, warmup_s: int = 120) -> Iterator[tuple[str, dict[str, Any]]]:
     """The simulator's events from ``start_ms`` on, as if it had been running ``warmup_s`` already
     (so clicks already have their sessions, leads and orders following them)."""

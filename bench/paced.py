@@ -17,22 +17,10 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, percentile, source_topics, steady_rate  # noqa: E402
+from common import calibrate, log, percentile, source_topics  # noqa: E402
 
 from kpimon.producer import message_key  # noqa: E402
 from kpimon.simulator import Anomaly, SimConfig, generate  # noqa: E402
-
-
-def calibrate(campaigns: int, target: float, ctr_range: tuple[float, float], seed: int) -> tuple[float, float]:
-    """The per-campaign impression rate that gives ``target`` events/s, and the rate it gives."""
-    # Spend is per campaign and interval, not per impression: fit rate -> events/s as a line.
-    r1 = max(0.005, target / campaigns / 1.3 / 2)
-    r2 = 2 * r1
-    e1 = steady_rate(SimConfig(campaigns=campaigns, rate=r1, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
-    e2 = steady_rate(SimConfig(campaigns=campaigns, rate=r2, ctr_range=ctr_range, seed=seed), warmup_s=60, measure_s=20)
-    slope = (e2 - e1) / (r2 - r1)
-    rate = max(0.001, (target - (e1 - slope * r1)) / slope)
-    return rate, e1 + slope * (rate - r1)
 
 
 def main() -> None:

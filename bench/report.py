@@ -60,6 +60,10 @@ def render(r: dict[str, Any]) -> str:
                             "a private single-node KRaft broker started by the benchmark on free ports (`-Xmx512m`), "
                             "on the same machine"),
     ]
+    gits = set((r.get("git_by_phase") or {}).values())
+    if len(gits) > 1:
+        lines.append("- **The code changed during the run** (other engineers commit meanwhile; each worker starts from the "
+                     "working tree): " + ", ".join(f"{ph} `{g}`" for ph, g in r["git_by_phase"].items()))
     load = r.get("machine_load") or {}
     if load:
         busy = ", ".join(
@@ -76,6 +80,7 @@ def render(r: dict[str, Any]) -> str:
     lines += _whatif(r.get("whatif"), (r.get("throughput") or {}).get("worker"))
     lines += _latency(r.get("latency"))
     lines += _memory(r.get("memory"), r.get("params", {}))
+    lines += _statemem(r.get("statemem"))
     lines += _profile(r.get("throughput"))
     analysis = BENCH_DIR / "analysis.md"
     if analysis.exists():
@@ -359,13 +364,14 @@ def _latency_others(lat: dict[str, Any]) -> list[str]:
         prod = x.get("producer") or {}
         sn, sl = x.get("snapshot_records") or {}, x.get("close_to_slack") or {}
         caught = x.get("worker_caught_up_after_producer_s")
-        rows.append([_n(prod.get("achieved_rate")), f"{_n(sn.get('p50_ms'))} / {_n(sn.get('p99_ms'))}",
+        rows.append([_n(prod.get("achieved_rate")), _n(prod.get("campaigns")), f"{_n(sn.get('p50_ms'))} / {_n(sn.get('p99_ms'))}",
                      f"{_n(sl.get('p50_ms'))} / {_n(sl.get('p99_ms'))} (n={sl.get('n')})",
                      _pct(x.get("worker_cpu_utilization"), 0), "–" if caught is None else f"{caught} s"])
     return [
-        "The same measurement at other rates (same worker config, a fresh app id and topics each):",
+        "The same measurement at other rates (same worker config, a fresh app id and topics each; fewer campaigns at "
+        "lower rates, so each keeps the same volume per window and the alert rule the same footing):",
         "",
-        _table(["events/s sent", "close → snapshot p50 / p99 ms", "close → Slack p50 / p99 ms", "worker CPU",
+        _table(["events/s sent", "campaigns", "close → snapshot p50 / p99 ms", "close → Slack p50 / p99 ms", "worker CPU",
                 "caught up after the producer stopped"], rows),
         "",
     ]
@@ -411,8 +417,41 @@ def _memory(mem: dict[str, Any] | None, p: dict[str, Any]) -> list[str]:
         f"{_n(prod.get('sent'))} events and published {_n(mem.get('snapshots'))} snapshots. One `/metrics` scrape at "
         f"the end: {mem.get('metrics_scrape_mb')} MB, {_n(mem.get('metrics_lines'))} lines, {mem.get('metrics_scrape_s')} s.",
         "",
-        f"The run lasts {p.get('memory_seconds')} s, far less than a worker's life: the 1h windows and the 30-minute "
-        "sessions are still filling, so the peak above is a floor, not a plateau (see the analysis below).",
+        f"Largest records written (KB): {mem.get('largest_message_kb')} — a window's partials for one stage-1 "
+        "partition travel in one message, so this grows with the campaigns per partition (the producer's and the "
+        "broker's default limit is 1 MB).",
+        "",
+        f"The run lasts {p.get('memory_seconds')} s, far less than a worker's life: closed 1-minute windows' cells stay "
+        "until `session_timeout` (30 min) after the window, and sessions as long, so the peak above is a floor, not a "
+        "plateau — see the projection below.",
+        "",
+    ]
+
+
+def _statemem(sm: dict[str, Any] | None) -> list[str]:
+    if not sm or not sm.get("rows"):
+        return []
+    rows = sm["rows"]
+    pick = [r for r in rows if r["minute"] in (1, 5, 10, 15, 20, 25, 30, 32, 34, 40, 45)] or rows
+    peak = sm.get("peak") or {}
+    return [
+        "### Memory projection: kpi_core state over half an hour of event time",
+        "",
+        f"`bench/statemem.py` feeds the same traffic ({_n(sm.get('campaigns'))} campaigns, "
+        f"{_n(sm.get('events_per_s'))} events/s of event time) through `LocalPipeline` (both stages and the alert "
+        f"engine, in one process, no Kafka) for {sm.get('minutes')} minutes of event time ({_n(sm.get('events'))} events, "
+        f"{sm.get('seconds')} s), and records per simulated minute the process RSS (baseline "
+        f"{sm.get('baseline_rss_mb')} MB) and the bytes of the latest serialized value of every state key — what the "
+        "worker's memory-store tables hold *on top of* the live objects.",
+        "",
+        _table(["event-time minute", "RSS MB", "serialized state MB (Faust table copy)", "open windows", "cells",
+                "sessions"],
+               [[r["minute"], _n(r["rss_mb"]), r["stored_mb"], r["windows"], _n(r["cells"]), _n(r["sessions"])]
+                for r in pick]),
+        "",
+        f"Peak: {_n(peak.get('rss_mb'))} MB RSS at minute {peak.get('minute')}, plus {peak.get('stored_mb')} MB of "
+        "serialized copies. A worker would add its idle RSS (~80 MB), Faust's and aiokafka's buffers and the "
+        "`/metrics` series on top.",
         "",
     ]
 

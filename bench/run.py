@@ -479,6 +479,11 @@ def latency_run(ctx: Ctx, res: dict[str, Any], *, rate: int, seconds: int, app_i
 
     a = ctx.args
     res["rate"] = rate
+    # Lower rates keep the per-campaign volume (and so the alert rule's footing) of the first run.
+    scale = rate / a.latency_rates[0]
+    campaigns = max(10, round(a.latency_campaigns * scale))
+    n_anom = max(2, round(a.latency_anomalies * min(1.0, scale)))
+    res["campaigns"] = campaigns
     window_ms, lateness_ms = 10_000, 1_000
     cfg = default_catalogue()
     cfg["windows"] = [{"size": "10s"}]
@@ -493,7 +498,6 @@ def latency_run(ctx: Ctx, res: dict[str, Any], *, rate: int, seconds: int, app_i
     create_topics(ctx.bootstrap, {topics["snapshots"]: PARTITIONS, topics["alerts"]: PARTITIONS},
                   {topics["snapshots"]: append, topics["alerts"]: append})
     # Staggered CTR collapses: each opens an incident in a different window, then reminds every window.
-    n_anom = a.latency_anomalies
     spread = seconds * 0.6
     anomalies = [f"camp-{i:03d}:0.0:{5 + i * spread / max(1, n_anom):.1f}" for i in range(n_anom)]
     with SlackAPIServer(token=SLACK_TOKEN) as slack:
@@ -505,12 +509,12 @@ def latency_run(ctx: Ctx, res: dict[str, Any], *, rate: int, seconds: int, app_i
         try:
             res["worker_ready_s"] = round(w.wait_ready(120), 1)
             log(f"latency: producing ~{rate:,} events/s in real time for {seconds}s "
-                f"({a.latency_campaigns} campaigns, {n_anom} with a CTR collapse)")
+                f"({campaigns} campaigns, {n_anom} with a CTR collapse)")
             cpu0, t_cpu0 = w.cpu_seconds(), time.monotonic()
             rss_max = 0
             producer = subprocess.Popen(
                 [PY, str(BENCH_DIR / "paced.py"), "--bootstrap", ctx.bootstrap, "--prefix", app_id,
-                 "--campaigns", str(a.latency_campaigns), "--events-per-s", str(rate),
+                 "--campaigns", str(campaigns), "--events-per-s", str(rate),
                  "--duration", str(seconds), *[x for an in anomalies for x in ("--anomaly", an)]],
                 cwd=ROOT, stdout=subprocess.PIPE, text=True,
             )
@@ -650,6 +654,14 @@ def phase_memory(ctx: Ctx, results: dict[str, Any]) -> None:
                                                               f"max.message.bytes={BIG_TOPIC['max.message.bytes']}"}
 
 
+def largest_record(ctx: Ctx, topic: str) -> int:
+    """The largest record value in a topic, in bytes."""
+    try:
+        return max((len(v or b"") for _, _, _, v in read_topic(ctx.bootstrap, topic, timeout=120)), default=0)
+    except Exception:  # noqa: BLE001 - informative only
+        return 0
+
+
 class WorkerDied(Exception):
     def __init__(self, after_s: float, reason: str) -> None:
         super().__init__(reason)
@@ -737,6 +749,9 @@ def memory_run(ctx: Ctx, res: dict[str, Any], *, app_id: str, big_messages: bool
             "metrics_lines": scrape.lines if scrape else None,
             "samples_mb": [(t, round(kb / 1024)) for t, kb in samples[:: max(1, len(samples) // 60)]],
         })
+        res["largest_message_kb"] = {
+            t: round(largest_record(ctx, f"{app_id}-{t}") / 1024) for t in ("partials", "stage2-changelog")
+        }
         # Growth over the last minute of traffic, to see whether a longer run would keep growing.
         last = [(t, kb) for t, kb in samples if t >= max(0.0, samples[-1][0] - a.memory_tail - 60)]
         if len(last) > 5:
@@ -752,17 +767,35 @@ def memory_run(ctx: Ctx, res: dict[str, Any], *, app_id: str, big_messages: bool
         f"/metrics {res.get('metrics_scrape_mb')} MB in {res.get('metrics_scrape_s')}s")
 
 
+# -- memory projection: kpi_core state over 35+ minutes of event time ----------------------------
+
+
+def phase_statemem(ctx: Ctx, results: dict[str, Any]) -> None:
+    a = ctx.args
+    cfg = default_catalogue()
+    cfg["topics"] = topics_section(f"{ctx.prefix}-sm", f"{ctx.prefix}-sm", PARTITIONS)
+    cfg["targets"] = {"ctr": {"value": "2%", "min_denominator": 100, "confidence": 0.95}}
+    path = ctx.work / "statemem.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    log(f"== memory projection: kpi_core alone, {a.memory_campaigns:,} campaigns, {a.statemem_minutes} minutes of event time")
+    results["statemem"] = run_json(
+        [PY, str(BENCH_DIR / "statemem.py"), "--config", str(path), "--campaigns", str(a.memory_campaigns),
+         "--events-per-s", str(a.memory_rate), "--minutes", str(a.statemem_minutes)],
+        timeout=60 + a.statemem_minutes * 40, what="memory projection",
+    )
+
+
 # -- main ---------------------------------------------------------------------------------
 
 PHASES = {"throughput": phase_throughput, "scaling": phase_scaling, "whatif": phase_whatif,
-          "latency": phase_latency, "memory": phase_memory}
+          "latency": phase_latency, "memory": phase_memory, "statemem": phase_statemem}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k events and shorter phases")
     ap.add_argument("--events", type=int, help="events to preload (default 1,000,000; 100,000 with --quick)")
-    ap.add_argument("--phases", default="throughput,scaling,whatif,latency,memory")
+    ap.add_argument("--phases", default="throughput,scaling,whatif,latency,memory,statemem")
     ap.add_argument("--campaigns", type=int, default=1000, help="campaigns in the preloaded mix")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
@@ -788,6 +821,7 @@ def main() -> None:
     ap.add_argument("--memory-rate", type=int, default=1000)
     ap.add_argument("--memory-seconds", type=int)
     ap.add_argument("--memory-tail", type=int, default=20)
+    ap.add_argument("--statemem-minutes", type=int, help="event-time minutes of the memory projection (default 34; 8 quick)")
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
     a.events = a.events or (100_000 if a.quick else 1_000_000)
@@ -799,6 +833,7 @@ def main() -> None:
     a.latency_low_seconds = a.latency_low_seconds or (30 if a.quick else 40)
     a.latency_rates = [int(x) for x in str(a.latency_rates).split(",") if x.strip()]
     a.memory_seconds = a.memory_seconds or (90 if a.quick else 120)
+    a.statemem_minutes = a.statemem_minutes or (8 if a.quick else 34)
     phases = [p.strip() for p in a.phases.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
@@ -826,6 +861,7 @@ def main() -> None:
             for name in phases:
                 t = time.monotonic()
                 load0, (busy0, total0) = loadavg(), cpu_times()
+                results.setdefault("git_by_phase", {})[name] = git_state()
                 try:
                     PHASES[name](ctx, results)
                 except Exception as exc:  # noqa: BLE001 - one failed phase must not lose the others

@@ -1,4 +1,4 @@
-"""What a closed window produces: snapshots of KPI values, and breaches of targets.
+"""What a closed window produces: snapshots of KPI values, and how outputs format them.
 
 These records are the contract between the core and every output adapter: the
 ``kpi-snapshots`` topic, the Prometheus exporter, replay's printer and ``alerts``.
@@ -6,7 +6,7 @@ These records are the contract between the core and every output adapter: the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -52,47 +52,6 @@ class Snapshot:
             "phase": self.phase,
             "measures": self.measures,
             "kpis": self.kpis,
-        }
-
-
-@dataclass(slots=True)
-class Breach:
-    """A KPI on the wrong side of its target in one closed window of one group."""
-
-    kpi: str
-    value: float
-    target: float
-    direction: str  # "higher" or "lower": which side is good
-    unit: str
-    numerator: float  # the volume behind the value
-    denominator: float
-    numerator_name: str
-    denominator_name: str
-    window: str
-    start: int
-    end: int
-    dims: tuple[str, ...]
-    group: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """Identity of the breach: one per KPI, window and group."""
-        return "|".join([self.kpi, self.window, str(self.start), breakdown_name(self.dims), *self.group.values()])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kpi": self.kpi,
-            "value": self.value,
-            "target": self.target,
-            "direction": self.direction,
-            "unit": self.unit,
-            "numerator": {self.numerator_name: self.numerator},
-            "denominator": {self.denominator_name: self.denominator},
-            "window": self.window,
-            "start": iso(self.start),
-            "end": iso(self.end),
-            "breakdown": breakdown_name(self.dims),
-            "group": self.group,
         }
 
 

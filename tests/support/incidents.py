@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 from kpi_core.incidents import AlertEvent, Contributor, Finding
-from tests.support.breaches import MAY_1_NOON
+
+MAY_1_NOON = int(datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp() * 1000)
 
 # CTR 0.42% against a 2.00% target (4.10% usual), 42 clicks on 10,000 impressions, mostly mobile's doing.
 CTR_FINDING = Finding(
