@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -120,6 +120,25 @@ def _security(security: KafkaSecurity | None) -> KafkaSecurity:
     return security if security is not None else KafkaSecurity.from_env()
 
 
+@contextmanager
+def _admin(bootstrap: str, timeout: float, security: KafkaSecurity | None) -> Iterator[Any]:
+    """A kafka-python admin client with our timeouts and security, closed afterwards."""
+    from kafka import KafkaAdminClient
+
+    timeout_ms = int(timeout * 1000)
+    admin = KafkaAdminClient(
+        bootstrap_servers=_servers(bootstrap),
+        client_id=CLIENT_ID,
+        bootstrap_timeout_ms=timeout_ms,
+        request_timeout_ms=timeout_ms,
+        **_security(security).kafka_python_options(),
+    )
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
 def ensure_topic(
     bootstrap: str,
     topic: str = DEFAULT_TOPIC,
@@ -133,59 +152,33 @@ def ensure_topic(
     An existing topic that is not compacted is left alone, with a warning: it would
     eventually delete live silences by retention.
     """
-    from kafka import KafkaAdminClient
     from kafka.admin import ConfigResource, ConfigResourceType
     from kafka.errors import TopicAlreadyExistsError
 
     timeout_ms = int(timeout * 1000)
-    options = _security(security).kafka_python_options()
-    with _kafka(f"create topic {topic}", bootstrap):
-        admin = KafkaAdminClient(
-            bootstrap_servers=_servers(bootstrap),
-            client_id=CLIENT_ID,
-            bootstrap_timeout_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-            **options,
-        )
-        try:
-            if topic not in admin.list_topics():
-                spec = {"num_partitions": 1, "replication_factor": replication_factor, "configs": {"cleanup.policy": "compact"}}
-                try:
-                    admin.create_topics({topic: spec}, timeout_ms=timeout_ms, wait_for_metadata=True)
-                    log.info("created compacted topic %s", topic)
-                    return True
-                except TopicAlreadyExistsError:
-                    return False  # another worker or CLI won the race: same topic, same config
-            resource = ConfigResource(ConfigResourceType.TOPIC, topic, ["cleanup.policy"])
-            configs = admin.describe_configs([resource], config_filter="all")
-            policy = configs.get("topic", {}).get(topic, {}).get("cleanup.policy", {}).get("value")
-            if policy is not None and "compact" not in policy:
-                log.warning("topic %s has cleanup.policy=%s; silences need compact or retention deletes them", topic, policy)
-            return False
-        finally:
-            admin.close()
+    with _kafka(f"create topic {topic}", bootstrap), _admin(bootstrap, timeout, security) as admin:
+        if topic not in admin.list_topics():
+            spec = {"num_partitions": 1, "replication_factor": replication_factor, "configs": {"cleanup.policy": "compact"}}
+            try:
+                admin.create_topics({topic: spec}, timeout_ms=timeout_ms, wait_for_metadata=True)
+                log.info("created compacted topic %s", topic)
+                return True
+            except TopicAlreadyExistsError:
+                return False  # another worker or CLI won the race: same topic, same config
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, ["cleanup.policy"])
+        configs = admin.describe_configs([resource], config_filter="all")
+        policy = configs.get("topic", {}).get(topic, {}).get("cleanup.policy", {}).get("value")
+        if policy is not None and "compact" not in policy:
+            log.warning("topic %s has cleanup.policy=%s; silences need compact or retention deletes them", topic, policy)
+        return False
 
 
 def topic_partitions(
     bootstrap: str, topic: str = DEFAULT_TOPIC, *, timeout: float = 10.0, security: KafkaSecurity | None = None
 ) -> list[int]:
     """The topic's partition ids, or [] while it does not exist."""
-    from kafka import KafkaAdminClient
-
-    timeout_ms = int(timeout * 1000)
-    options = _security(security).kafka_python_options()
-    with _kafka(f"describe topic {topic}", bootstrap):
-        admin = KafkaAdminClient(
-            bootstrap_servers=_servers(bootstrap),
-            client_id=CLIENT_ID,
-            bootstrap_timeout_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-            **options,
-        )
-        try:
-            found = [t for t in admin.describe_topics([topic]) if t.get("name") == topic and not t.get("error_code")]
-        finally:
-            admin.close()
+    with _kafka(f"describe topic {topic}", bootstrap), _admin(bootstrap, timeout, security) as admin:
+        found = [t for t in admin.describe_topics([topic]) if t.get("name") == topic and not t.get("error_code")]
     return sorted(p["partition_index"] for t in found for p in t.get("partitions") or [])
 
 
