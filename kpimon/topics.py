@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from kpi_core.config import Config
 from kpi_core.errors import KpimonError
@@ -43,7 +44,10 @@ def ensure_topics(config: Config, settings: WorkerSettings, *, security: KafkaSe
         wanted = wanted_topics(config, settings)
         missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
         if missing:
-            admin.create_topics(missing)
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker starting at the same moment created them: same names, same config
         internal = [settings.events_topic, settings.partials_topic]
         for desc in admin.describe_topics([t for t in internal if t in existing]):
             if len(desc["partitions"]) != wanted[desc["name"]]:
