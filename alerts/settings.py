@@ -27,10 +27,10 @@ class SlackSettings(BaseModel):
 def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
     """Read ``SLACK_*`` variables; every problem is reported at once as a ``ConfigError``."""
     problems: list[tuple[str, str]] = []
-    token = _secret(env, "SLACK_BOT_TOKEN", problems)
-    webhook_url = _secret(env, "SLACK_WEBHOOK_URL", problems)
-    channel = _value(env, "SLACK_CHANNEL")
-    api_url = _value(env, "SLACK_API_URL") or AsyncWebClient.BASE_URL
+    token = read_secret(env, "SLACK_BOT_TOKEN", problems)
+    webhook_url = read_secret(env, "SLACK_WEBHOOK_URL", problems)
+    channel = env_value(env, "SLACK_CHANNEL")
+    api_url = env_value(env, "SLACK_API_URL") or AsyncWebClient.BASE_URL
 
     if token and not channel:
         problems.append(("SLACK_CHANNEL", "required when SLACK_BOT_TOKEN is set"))
@@ -51,19 +51,19 @@ def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
     )
 
 
-def _value(env: Mapping[str, str], name: str) -> str | None:
+def env_value(env: Mapping[str, str], name: str) -> str | None:
     """A variable's value; empty counts as unset, as deployment templates often leave it."""
     return env.get(name, "").strip() or None
 
 
 def _given(env: Mapping[str, str], name: str) -> bool:
     """Whether a secret was given at all, readable or not (that is reported separately)."""
-    return bool(_value(env, name) or _value(env, f"{name}_FILE"))
+    return bool(env_value(env, name) or env_value(env, f"{name}_FILE"))
 
 
-def _secret(env: Mapping[str, str], name: str, problems: list[tuple[str, str]]) -> str | None:
+def read_secret(env: Mapping[str, str], name: str, problems: list[tuple[str, str]]) -> str | None:
     """A secret given directly in ``NAME`` or as a file path in ``NAME_FILE`` (a mounted secret)."""
-    value, path = _value(env, name), _value(env, f"{name}_FILE")
+    value, path = env_value(env, name), env_value(env, f"{name}_FILE")
     if value and path:
         problems.append((f"{name}_FILE", f"give either {name} or {name}_FILE, not both"))
         return None

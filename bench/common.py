@@ -25,18 +25,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+from kpi_core.config import Topics  # noqa: E402
+
 OUT = BENCH / "out"
 
-#: The default catalogue's source topics (kpi_core/config.py Topics.sources), by suffix.
-SOURCES = {
-    "ad-impressions": "impression",
-    "ad-clicks": "click",
-    "page-views": "pageview",
-    "leads": "lead",
-    "orders": "order",
-    "ad-spend": "spend",
-    "surveys": "survey",
-}
+#: The default catalogue's source topics, by suffix.
+SOURCES = dict(Topics().sources)
 
 
 def log(msg: str) -> None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
+from alerts.settings import env_value as _value
+from alerts.settings import read_secret
 from kpi_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -264,11 +266,6 @@ def _str(path: Path | None) -> str | None:
     return str(path) if path is not None else None
 
 
-def _value(env: Mapping[str, str], name: str) -> str | None:
-    """A variable's value; empty counts as unset, as deployment templates often leave it."""
-    return env.get(name, "").strip() or None
-
-
 def _choice(value: str, name: str, choices: tuple[str, ...], problems: list[tuple[str, str]]) -> str | None:
     normalised = value.upper().replace("_", "-") if name == ENV["sasl_mechanism"] else value.upper()
     if normalised in choices:
@@ -288,17 +285,5 @@ def _flag(value: str, name: str, problems: list[tuple[str, str]]) -> bool | None
 
 def _secret(env: Mapping[str, str], name: str, problems: list[tuple[str, str]]) -> SecretStr | None:
     """A secret given directly in ``NAME`` or as a file path in ``NAME_FILE`` (a mounted secret)."""
-    value, path = _value(env, name), _value(env, f"{name}_FILE")
-    if value and path:
-        problems.append((f"{name}_FILE", f"give either {name} or {name}_FILE, not both"))
-        return None
-    if path:
-        try:
-            value = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as err:
-            problems.append((f"{name}_FILE", f"cannot read {path}: {err.strerror or type(err).__name__}"))
-            return None
-        if not value:
-            problems.append((f"{name}_FILE", f"{path} is empty"))
-            return None
+    value = read_secret(env, name, problems)
     return SecretStr(value) if value else None
