@@ -20,7 +20,7 @@ SESSIONS = "sessions"
 PHASES = (EVENTS, SESSIONS)
 
 Predicate = Callable[[dict[str, Any]], bool]
-Vector = list[Any]  # float or bytearray (HLL registers) per slot
+Vector = list[Any]  # float or sketch.Sketch (HLL registers) per slot
 
 
 def _predicate(attr: str, f: Filter) -> Predicate:
@@ -135,7 +135,7 @@ class Plan:
                 value = data.get(feed.field or "")
                 if value is None:
                     continue
-                sketch.add(vector[feed.index], str(value))
+                vector[feed.index].add(str(value))
             else:
                 vector[feed.index] += 1.0 if feed.field is None else float(data[feed.field])
             fed = True
@@ -144,16 +144,16 @@ class Plan:
     def merge(self, into: Vector, other: Vector) -> None:
         for i, x in enumerate(other):
             if i in self.distinct_slots:
-                sketch.merge(into[i], x)
+                into[i].merge(x)
             else:
                 into[i] += x
 
     def copy(self, vector: Vector) -> Vector:
-        return [bytearray(x) if i in self.distinct_slots else x for i, x in enumerate(vector)]
+        return [x.copy() if i in self.distinct_slots else x for i, x in enumerate(vector)]
 
     def encode(self, vector: Vector) -> list[Any]:
         """A JSON-safe form of a vector, for state and the wire."""
-        return [sketch.encode(x) if i in self.distinct_slots else x for i, x in enumerate(vector)]
+        return [x.encode() if i in self.distinct_slots else x for i, x in enumerate(vector)]
 
     def decode(self, raw: list[Any]) -> Vector:
         return [sketch.decode(x) if i in self.distinct_slots else x for i, x in enumerate(raw)]
@@ -168,7 +168,7 @@ class Plan:
         """Named measures final in this phase (session measures only once sessions are final)."""
         out: dict[str, float] = {}
         for i, name in enumerate(self.slot_names):
-            out[name] = sketch.estimate(vector[i]) if i in self.distinct_slots else vector[i]
+            out[name] = vector[i].estimate() if i in self.distinct_slots else vector[i]
         for name, parts in self.derived.items():
             out[name] = sum(out[p] for p in parts)
         if phase != SESSIONS:

@@ -7,31 +7,31 @@ import pytest
 from kpi_core import sketch
 
 
-def filled(values: range | list[str], prefix: str = "v") -> bytearray:
+def filled(values: range | list[str], prefix: str = "v") -> sketch.Sketch:
     registers = sketch.new()
     for v in values:
-        sketch.add(registers, f"{prefix}{v}")
+        registers.add(f"{prefix}{v}")
     return registers
 
 
 def test_an_empty_sketch_estimates_zero() -> None:
-    assert sketch.estimate(sketch.new()) == 0.0
-    assert len(sketch.new()) == sketch.M == 2048
+    assert sketch.new().estimate() == 0.0
+    assert len(sketch.new().registers()) == sketch.M == 2048
 
 
 @pytest.mark.parametrize("n", [1, 2, 10, 40])
 def test_small_counts_are_exact(n: int) -> None:
     # linear counting, M·ln(M / zeros), rounds to n while n²/2M < ½
-    assert sketch.estimate(filled(range(n))) == float(n)
+    assert filled(range(n)).estimate() == float(n)
 
 
 def test_repeats_count_once() -> None:
     registers = filled(range(30))
-    before = bytearray(registers)
+    before = registers.copy()
     for v in range(30):
-        sketch.add(registers, f"v{v}")
+        registers.add(f"v{v}")
     assert registers == before
-    assert sketch.estimate(registers) == 30.0
+    assert registers.estimate() == 30.0
 
 
 @pytest.mark.parametrize(
@@ -46,31 +46,31 @@ def test_repeats_count_once() -> None:
     ],
 )
 def test_large_counts_are_close(n: int, tolerance: float) -> None:
-    assert abs(sketch.estimate(filled(range(n))) / n - 1) < tolerance
+    assert abs(filled(range(n)).estimate() / n - 1) < tolerance
 
 
 def test_merge_estimates_the_union() -> None:
     a, b = filled(range(0, 25)), filled(range(15, 40))
-    union = bytearray(a)
-    sketch.merge(union, b)
-    assert sketch.estimate(union) == 40.0
+    union = a.copy()
+    union.merge(b)
+    assert union.estimate() == 40.0
     assert union == filled(range(40))  # register-wise max is exactly the sketch of the union
-    again = bytearray(union)
-    sketch.merge(again, b)
+    again = union.copy()
+    again.merge(b)
     assert again == union  # merging twice changes nothing
 
 
 def test_merge_is_commutative() -> None:
     a, b = filled(range(30)), filled(range(20, 90))
-    ab, ba = bytearray(a), bytearray(b)
-    sketch.merge(ab, b)
-    sketch.merge(ba, a)
+    ab, ba = a.copy(), b.copy()
+    ab.merge(b)
+    ba.merge(a)
     assert ab == ba
 
 
 def test_encode_decode_round_trip() -> None:
     registers = filled(range(500))
-    text = sketch.encode(registers)
+    text = registers.encode()
     assert isinstance(text, str)
     assert sketch.decode(text) == registers
 
@@ -78,8 +78,8 @@ def test_encode_decode_round_trip() -> None:
 def test_the_hash_is_stable_across_processes() -> None:
     # blake2b, not Python's salted hash(): this register index and rank hold in every process
     registers = sketch.new()
-    sketch.add(registers, "visitor-1")
-    assert [(i, r) for i, r in enumerate(registers) if r] == [_expected_register("visitor-1")]
+    registers.add("visitor-1")
+    assert [(i, r) for i, r in enumerate(registers.registers()) if r] == [_expected_register("visitor-1")]
 
 
 def _expected_register(value: str) -> tuple[int, int]:
@@ -96,7 +96,35 @@ def test_encode_round_trips_sparse_and_dense(n: int) -> None:
 
     registers = hll.new()
     for i in range(n):
-        hll.add(registers, f"visitor-{i}")
-    encoded = hll.encode(registers)
+        registers.add(f"visitor-{i}")
+    encoded = registers.encode()
     assert hll.decode(encoded) == registers
     assert isinstance(encoded, list if n <= 100 else str)
+
+
+@pytest.mark.parametrize(("a", "b"), [(10, 20), (10, 300), (300, 10), (300, 400)])  # sparse/dense, both ways
+def test_merge_is_the_same_whatever_each_side_holds(a: int, b: int) -> None:
+    left, right = filled(range(a)), filled(range(1000, 1000 + b))
+    merged = left.copy()
+    merged.merge(right)
+    assert merged == filled([*range(a), *range(1000, 1000 + b)])
+
+
+@pytest.mark.parametrize("n", [sketch.SPARSE_MAX, sketch.SPARSE_MAX + 5, 110, 200])
+def test_the_encoding_depends_on_the_registers_not_on_how_they_are_held(n: int) -> None:
+    # n values set ~n registers: around SPARSE_MAX memory turns dense, the wire form
+    # stays a list up to M/16 set registers either way
+    grown = filled(range(n))
+    rebuilt = sketch.decode(sketch.Sketch.encode(grown))
+    assert rebuilt.encode() == grown.encode()
+    set_registers = sum(1 for r in grown.registers() if r)
+    assert isinstance(grown.encode(), list) == (set_registers < sketch.M // 16)
+    if isinstance(grown.encode(), list):
+        flat = grown.encode()
+        assert flat[0::2] == sorted(flat[0::2])  # ordered by index, so equal state encodes equally
+
+
+def test_a_sparse_estimate_equals_the_dense_one() -> None:
+    small = filled(range(40))
+    dense = sketch.decode(__import__("base64").b64encode(small.registers()).decode())
+    assert small.estimate() == dense.estimate() == 40.0
