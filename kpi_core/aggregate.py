@@ -112,15 +112,16 @@ class PartitionAggregator:
         """Absorb events into their windows; return the ones too late to count."""
         late: list[Routed] = []
         plan, horizon = self.plan, self.horizon
-        applied = self.applied
+        applied, dirty = self.applied, self._dirty
         for ev in events:
             src, off, etype, ts, data = ev
             if off <= applied.get(src, -1):
                 continue  # stored before a crash: counted, or reported late, already
             applied[src] = off
-            self._dirty.add(("w",))
+            dirty.add(("w",))
             is_late = False
-            feeds_measures = etype in plan.feeds
+            contribution = plan.contribution(etype, data) if etype in plan.feeds else None
+            feeds_measures = contribution is not None
             groups = plan.groups(data) if feeds_measures else ()
             for wi, (size, step) in enumerate(self._windows):
                 for start in window_starts(ts, size, step):
@@ -138,9 +139,14 @@ class PartitionAggregator:
                             cell = window[g] = Cell(plan.new_vector(), {})
                         elif cell.m.get(src, -1) >= off:
                             continue  # absorbed before a crash; the restored state has it
-                        if plan.add(cell.v, etype, data):
-                            cell.m[src] = off
-                            self._dirty.add(("c", wi, start, g[0], g[1]))
+                        # Plan.add_contribution, inlined: this loop runs once per event and cell.
+                        v = cell.v
+                        for i, amount in contribution[0]:
+                            v[i] += amount
+                        for i, idx, rank in contribution[1]:
+                            v[i].set_register(idx, rank)
+                        cell.m[src] = off
+                        dirty.add(("c", wi, start, g[0], g[1]))
             if etype == "pageview" and plan.needs_sessions and not is_late:
                 self._track_session(src, off, ts, data)
             if is_late:

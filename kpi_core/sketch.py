@@ -32,7 +32,7 @@ _WIRE_SPARSE_BELOW = M // 16
 _NONZERO = re.compile(rb"[^\x00]")
 
 
-def _register(value: str) -> tuple[int, int]:
+def register(value: str) -> tuple[int, int]:
     """The register a value lands in and the rank it offers it."""
     h = int.from_bytes(blake2b(value.encode(), digest_size=8).digest(), "big")
     rest = h & _REST_MASK
@@ -49,7 +49,10 @@ class Sketch:
         self._dense: bytearray | None = None
 
     def add(self, value: str) -> None:
-        idx, rank = _register(value)
+        self.set_register(*register(value))
+
+    def set_register(self, idx: int, rank: int) -> None:
+        """Raise register ``idx`` to ``rank`` (what ``add`` does once the value is hashed)."""
         sparse = self._sparse
         if sparse is None:
             dense = self._dense
