@@ -169,3 +169,26 @@ def test_a_known_source_without_data_holds_the_watermark_back_until_idle() -> No
     assert wm.current(11.0) == 5_500  # orders:0 has been silent for 11 ms
     _report(wm, 12.0, {"orders:0": 4_000, "clicks:0": 5_500})
     assert wm.current(12.0) == 4_000
+
+
+def test_a_caught_up_live_source_stops_holding_at_once() -> None:
+    # event time ≈ wall time: the sparse source's next event will be stamped about now
+    wm = Watermark(idle_ms=2_000)
+    now = 1_700_000_000_000.0
+    _report(wm, now - 1_000, {"orders": int(now) - 1_500, "views": int(now) - 1_000})
+    _report(wm, now, {"orders": int(now) - 1_500, "views": int(now) - 100})
+    assert wm.current(now) == int(now) - 100  # orders is caught up and live: not waited for
+    _report(wm, now, {"orders": int(now) - 1_500, "views": int(now) - 100}, backlog=("orders",))
+    assert wm.current(now) == int(now) - 1_500  # with a backlog it holds, live or not
+
+
+def test_a_caught_up_source_replaying_old_data_keeps_the_idle_grace() -> None:
+    # event time far behind the wall clock (a replay into Kafka): idle_ms still applies
+    wm = Watermark(idle_ms=2_000)
+    now = 1_700_000_000_000.0
+    old = 1_600_000_000_000
+    _report(wm, now, {"orders": old, "views": old + 900})
+    assert wm.current(now + 2_000) == old  # exactly idle_ms after its progress it still holds
+    _report(wm, now + 1_500, {"orders": old, "views": old + 1_400})  # views keeps progressing
+    _report(wm, now + 2_001, {"orders": old, "views": old + 1_400})
+    assert wm.current(now + 2_001) == old + 1_400  # now orders is idle
