@@ -35,6 +35,7 @@ from alerts import AlertDeliveryError, Delivery, DeliveryState
 from kpi_core.aggregate import PartitionAggregator
 from kpi_core.alerting import AlertEngine
 from kpi_core.combine import Combiner
+from kpi_core.errors import InvalidEvent
 from kpi_core.plan import Plan
 from kpi_core.state import Change
 from kpi_core.incidents import AlertEvent
@@ -101,6 +102,7 @@ class Pipeline:
         self.partials_topic = app.topic(
             settings.partials_topic, partitions=self.partitions, internal=True, value_serializer="raw", key_serializer="raw"
         )
+        self.dead_letters = app.topic(cfg.topics.dead_letters, value_serializer="raw", key_serializer="raw")
         self.late_topic = app.topic(cfg.topics.late_events, value_serializer="raw", key_serializer="raw")
         self.snapshot_topic = app.topic(cfg.topics.snapshots, value_serializer="raw", key_serializer="raw")
         self.alerts_topic = app.topic(cfg.topics.alerts, value_serializer="raw", key_serializer="raw")
@@ -111,7 +113,7 @@ class Pipeline:
         self.stage1: dict[int, PartitionAggregator] = {}
         self.stage2: dict[int, Combiner] = {}
         self.engines: dict[int, AlertEngine] = {}
-        self.router = Router(plan, settings, metrics, security)
+        self.router = Router(plan, settings, metrics, security, self._send_bundle, self._dead_letter)
         self.kafka_up = True
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
@@ -139,8 +141,21 @@ class Pipeline:
 
     # -- 1. route (streams/router.py: a plain consumer, not an agent) -------------
 
+    async def _send_bundle(self, partition: int, bundle: bytes) -> Any:
+        return await self.events_topic.send(value=bundle, partition=partition)
+
     async def _run_router(self) -> None:
         await self.router.run()
+
+    async def _dead_letter(self, msg: Any, exc: InvalidEvent) -> Any:
+        headers = [
+            ("kpimon-reason", exc.reason.encode()),
+            ("kpimon-detail", exc.detail.encode("utf-8", "replace")),
+            ("kpimon-source-topic", msg.topic.encode()),
+            ("kpimon-source-partition", str(msg.partition).encode()),
+            ("kpimon-source-offset", str(msg.offset).encode()),
+        ]
+        return await self.dead_letters.send(key=msg.key, value=msg.value if msg.value is not None else b"", headers=headers)
 
     # -- 2. aggregate ----------------------------------------------------------
 

@@ -12,10 +12,6 @@ are committed only after every bundle and dead letter it produced is acknowledge
 by Kafka. A crash re-reads at most the uncommitted batches; stage 1 remembers, per
 cell and source partition, the highest offset it absorbed, and skips the repeats.
 A rebalance waits for the batch in hand, so a normal hand-over repeats nothing.
-
-The router has its own producer too. Sharing Faust's made every Faust offset commit
-(which flushes its producer) wait behind the router's stream of bundles: commits took
-up to 13 s in the two-worker benchmark, and stage 1's progress with them.
 """
 
 from __future__ import annotations
@@ -25,10 +21,10 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from kpi_core.errors import InvalidEvent
@@ -41,6 +37,11 @@ from streams.settings import WorkerSettings
 
 log = logging.getLogger("kpimon.router")
 
+#: send(partition, bundle) -> an awaitable that resolves when Kafka has the bundle.
+SendBundle = Callable[[int, bytes], Awaitable[Awaitable[Any]]]
+#: dead_letter(record, error) -> an awaitable that resolves when Kafka has the record.
+SendDeadLetter = Callable[[Any, InvalidEvent], Awaitable[Awaitable[Any]]]
+
 HEARTBEAT_S = 0.5  # how often a quiet router still reports progress to stage 1
 
 
@@ -52,17 +53,19 @@ def partition_of(campaign: str, partitions: int) -> int:
 class Router:
     """Reads the sources in its own consumer group and sends stage 1 one bundle per partition per batch."""
 
-    def __init__(self, plan: Plan, settings: WorkerSettings, metrics: Metrics, security: KafkaSecurity) -> None:
+    def __init__(self, plan: Plan, settings: WorkerSettings, metrics: Metrics, security: KafkaSecurity,
+                 send_bundle: SendBundle, dead_letter: SendDeadLetter) -> None:
         self.plan = plan
         self.settings = settings
         self.metrics = metrics
         self.security = security
+        self.send_bundle = send_bundle
+        self.dead_letter = dead_letter
         self.partitions = plan.config.topics.partitions
         self.implied = plan.config.topics.sources
         self.progress: dict[str, int] = {}  # source partition -> largest event time routed
         self.last_report = 0.0
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         # Held while a batch is routed and committed; a rebalance waits for it.
         self._batch_lock = asyncio.Lock()
 
@@ -100,23 +103,9 @@ class Router:
             fetch_max_bytes=64 * 1024 * 1024,
             **self.security.aiokafka_options(),
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap.split(","),
-            client_id=f"{s.app_id}-router",
-            acks="all",
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=4 * 1024 * 1024,
-            **self.security.aiokafka_options(),
-        )
         consumer.subscribe(topics=list(self.implied), listener=_Listener(self))
-        await producer.start()
-        try:
-            await consumer.start()
-        except BaseException:
-            await producer.stop()
-            raise
-        self.consumer, self.producer = consumer, producer
+        await consumer.start()
+        self.consumer = consumer
         try:
             while True:
                 records = await consumer.getmany(timeout_ms=int(s.batch_within * 1000), max_records=s.batch_size)
@@ -128,9 +117,8 @@ class Router:
                         await self._send_bundles({})
                     self._export_lag(consumer)
         finally:
-            self.consumer = self.producer = None
+            self.consumer = None
             await consumer.stop()
-            await producer.stop()
 
     async def _route(self, consumer: AIOKafkaConsumer, records: dict[TopicPartition, list[Any]]) -> None:
         buckets: dict[int, list[list[Any]]] = defaultdict(list)
@@ -175,18 +163,8 @@ class Router:
             log.info("router commit skipped (%s); the batch will be re-read and deduplicated", exc)
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent) -> Awaitable[Any]:
-        """Send a rejected record to the dead-letter topic, unchanged, with the reason in its headers."""
-        assert self.producer is not None
         self.metrics.invalid.labels(exc.reason).inc()
-        headers = [
-            ("kpimon-reason", exc.reason.encode()),
-            ("kpimon-detail", exc.detail.encode("utf-8", "replace")),
-            ("kpimon-source-topic", msg.topic.encode()),
-            ("kpimon-source-partition", str(msg.partition).encode()),
-            ("kpimon-source-offset", str(msg.offset).encode()),
-        ]
-        return await self.producer.send(self.plan.config.topics.dead_letters, key=msg.key,
-                                        value=msg.value if msg.value is not None else b"", headers=headers)
+        return await self.dead_letter(msg, exc)
 
     async def _send_bundles(self, buckets: dict[int, list[list[Any]]]) -> list[Awaitable[Any]]:
         """Send each stage-1 partition its events, with the progress of every source we read.
@@ -203,9 +181,7 @@ class Router:
             if consumer is None or self._has_backlog(consumer, tp):
                 backlog.append(source)
         self.last_report = time.monotonic()
-        assert self.producer is not None
-        topic = self.settings.events_topic
-        return [await self.producer.send(topic, wire.encode_events(watermarks, backlog, buckets.get(p, [])), partition=p)
+        return [await self.send_bundle(p, wire.encode_events(watermarks, backlog, buckets.get(p, [])))
                 for p in range(self.partitions)]
 
     def _has_backlog(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
