@@ -421,7 +421,9 @@ def phase_scaling(ctx: Ctx, results: dict[str, Any]) -> None:
         r = measure_workers(ctx, n, workers=workers, label=f"s{workers}", profile=False, cap=ctx.args.scaling_seconds)
         r.pop("samples", None)
         res[str(workers)] = r
-        log(f"scaling: {workers} worker(s): {r['rate_from_first']:,} events/s from the first event")
+        rate = r.get("rate_from_first")
+        # None when no event was counted before the cap: report it, don't lose the phase.
+        log(f"scaling: {workers} worker(s): " + (f"{rate:,} events/s from the first event" if rate is not None else "no rate (nothing counted before the cap)"))
     one, two = res["1"]["rate_from_first"], res["2"]["rate_from_first"]
     res["speedup"] = round(two / one, 2) if one and two else None
 
