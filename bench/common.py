@@ -252,15 +252,19 @@ class GroupLag:
         self.admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="kpimon-bench-lag")
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), client_id="kpimon-bench-lag")
 
-    def lag(self) -> dict[str, int]:
-        """Topic -> messages not yet committed by the group (end offset - committed)."""
+    def ends(self) -> dict[Any, int]:
+        """The topics' end offsets now, per partition."""
         from kafka import TopicPartition
 
         tps = []
         for t in self.topics:
             parts = self.consumer.partitions_for_topic(t) or set()
             tps += [TopicPartition(t, p) for p in parts]
-        ends = self.consumer.end_offsets(tps) if tps else {}
+        return self.consumer.end_offsets(tps) if tps else {}
+
+    def lag(self, targets: dict[Any, int] | None = None) -> dict[str, int]:
+        """Topic -> messages not yet committed by the group: up to ``targets`` (from ``ends``), or to the end now."""
+        ends = {**self.ends(), **(targets or {})}
         committed = self.admin.list_group_offsets({self.group: None}).get(self.group, {})
         out = {t: 0 for t in self.topics}
         for tp, end in ends.items():

@@ -356,9 +356,15 @@ def wait_stages(ctx: Ctx, app_id: str, t0: float, timeout: float) -> dict[str, A
     lag = GroupLag(ctx.bootstrap, app_id, [events_topic, partials_topic])
     out: dict[str, Any] = {"stage1_caught_up_s": None, "stage2_caught_up_s": None}
     try:
+        # Stage 1 is caught up when it has committed the bundles that carried the events, not when
+        # <app>-events has no lag at all: the router's heartbeats add a message every 0.5 s, so a
+        # zero lag was only ever seen by luck and the "into state" rate depended on it. The target
+        # is the end offsets a second after everything was counted (the last bundles are sent by then).
+        time.sleep(1.0)
+        targets = {tp: end for tp, end in lag.ends().items() if tp.topic == events_topic}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            lags = lag.lag()
+            lags = lag.lag(targets)
             t = round(time.monotonic() - t0, 2)
             if out["stage1_caught_up_s"] is None and lags[events_topic] == 0:
                 out["stage1_caught_up_s"] = t
