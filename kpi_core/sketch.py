@@ -66,22 +66,11 @@ class Sketch:
 
     def merge(self, other: Sketch) -> None:
         """Fold ``other`` into this one: afterwards it estimates the union."""
-        sparse = self._sparse
         if other._sparse is not None:
-            if sparse is not None:
-                for idx, rank in other._sparse.items():
-                    if rank > sparse.get(idx, 0):
-                        sparse[idx] = rank
-                if len(sparse) > SPARSE_MAX:
-                    self._densify()
-            else:
-                dense = self._dense
-                assert dense is not None
-                for idx, rank in other._sparse.items():
-                    if rank > dense[idx]:
-                        dense[idx] = rank
+            for idx, rank in other._sparse.items():
+                self.set_register(idx, rank)
             return
-        if sparse is not None:
+        if self._sparse is not None:
             self._densify()
         assert self._dense is not None and other._dense is not None
         self._dense[:] = bytes(map(max, self._dense, other._dense))
