@@ -185,11 +185,11 @@ class PartitionAggregator:
         self.watermark.observe(source, ts, now)
         self._dirty.add(("w",))
 
-    def report(self, progress: dict[str, int], backlog: set[str], now: float) -> None:
-        """One router report: every source's progress, and which still have a backlog."""
+    def report(self, progress: dict[str, int], backlog: set[str], now: float, sent_at: float | None = None) -> None:
+        """One router report (sent at ``sent_at``): every source's progress, and which still have a backlog."""
         for source, ts in progress.items():
             self.observe(source, ts, now)
-        self.watermark.report(now, set(progress), backlog)
+        self.watermark.report(now, set(progress), backlog, sent_at)
 
     # -- closing ---------------------------------------------------------------
 

@@ -310,7 +310,8 @@ class Config(_Model):
     targets: dict[str, Target] = {}
     alerting: Alerting = Alerting()
     topics: Topics = Topics()
-    metrics_port: int = Field(default=6066, ge=0, le=65535)
+    metrics_port: int = Field(default=6066, ge=0, le=65535)  # KPIMON_METRICS_PORT overrides it
+    metrics_host: str = Field(default="0.0.0.0", min_length=1)  # bind address of /metrics + /health; KPIMON_METRICS_HOST overrides it
     top_campaigns: int = Field(default=100, ge=0)  # /metrics labels: the top N campaigns by volume, the rest as "other" (0: all)
 
     _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", "max_future", mode="before")(

@@ -34,6 +34,9 @@ class Snapshot:
     measures: dict[str, float]
     kpis: dict[str, float | None]  # None: the denominator was zero, so the KPI is missing
     previous: dict[str, float] | None = None  # the previous window's measures, for change KPIs
+    # Publications of one key are numbered from 1. A window published again after a
+    # crash carries the same key, version and values: consumers keep one per (key, version).
+    version: int = 1
 
     @property
     def key(self) -> str:
@@ -44,6 +47,8 @@ class Snapshot:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "key": self.key,
+            "version": self.version,
             "window": self.window,
             "start": iso(self.start),
             "end": iso(self.end),

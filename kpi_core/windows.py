@@ -13,36 +13,51 @@ def window_starts(ts: int, size: int, step: int) -> range:
     return range(last - size + step, last + step, step)
 
 
+#: How long a router's last report is trusted. Routers report at least every 0.5 s
+#: (streams/router.py); a report older than this means the router is stalled,
+#: busy or dead, and nothing it said about backlogs still holds.
+ROUTER_SILENCE_MS = 2_000
+
+
 class Watermark:
     """How far event time has certainly progressed, across several sources.
 
     Each source (one partition of one input topic) reports the largest event time
     it has delivered. The watermark is the minimum over the sources, so one topic
-    read ahead of another does not make the other's events look late; a source
-    known to exist but without data yet (-1) holds it back too.
+    read ahead of another does not make the other's events look late.
 
-    Idleness, on the wall clock, so a quiet stream still closes its windows: a source
-    that has no backlog left (the router says so in every report) and has not
-    progressed for ``idle_ms`` stops holding the watermark; when every source is
-    idle, event time is assumed to advance with the wall clock. A caught-up source
-    whose latest event was *live* (read within ``idle_ms`` of its event time) stops holding
-    it at once: whatever it sends next is stamped about now, ahead of any window
-    about to close, so waiting for it only delays every alert by ``idle_ms`` (the
-    benchmark's close → Slack p50 was the idle timeout). Replayed or delayed data is
-    not live and keeps the full ``idle_ms`` grace. All of that only
-    while the router is heard from: if its reports stop (it is stalled, busy or
-    dead), nothing is assumed and the watermark waits for the slowest source.
+    The wall clock may stop a source from holding the watermark only where that
+    cannot turn data still to come into late data:
+
+    - A source whose latest event was *live* (reached us within ``idle_ms`` of its
+      own event time) and that has no backlog stops holding at once: whatever it
+      sends next is stamped about now, ahead of any window about to close.
+    - A source that has never delivered an event (-1) stops holding once it has
+      had no backlog for ``idle_ms``, so an unused topic does not stall everything.
+    - A source carrying *historical* (not live) data always holds the watermark at
+      its latest event time, idle or not: a backfill whose producer pauses, for
+      seconds or hours, resumes where it stopped and loses nothing. The trailing
+      windows of a backfill close when newer data arrives on every such source.
+    - When no source holds (every one is live and caught up, or empty), event time
+      is assumed to advance with the wall clock once all have been quiet for
+      ``idle_ms``, so a silent live stream still closes its windows.
+
+    "No backlog" is only believed from a router report at most ``ROUTER_SILENCE_MS``
+    old, by the router's own clock when it sent it: a router that stops reporting
+    (stalled, busy or killed) makes its sources hold from then on, and a stage that
+    is itself behind reading the reports does not act on stale ones.
     Without a wall clock (``now=None``, as in replay) every source counts.
     """
 
-    __slots__ = ("idle_ms", "latest", "seen_at", "backlog", "heard_at")
+    __slots__ = ("idle_ms", "silence_ms", "latest", "seen_at", "backlog", "heard_at")
 
-    def __init__(self, idle_ms: int) -> None:
+    def __init__(self, idle_ms: int, silence_ms: int = ROUTER_SILENCE_MS) -> None:
         self.idle_ms = idle_ms
+        self.silence_ms = silence_ms
         self.latest: dict[str, int] = {}  # source -> largest event time seen
         self.seen_at: dict[str, float] = {}  # source -> wall-clock ms it last progressed
         self.backlog: set[str] = set()  # sources with messages not yet read, as last reported
-        self.heard_at: dict[str, float] = {}  # source -> wall-clock ms of its router's last report
+        self.heard_at: dict[str, float] = {}  # source -> wall-clock ms its router's last report was sent
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
         """A source reports its largest event time so far; -1 means it has delivered nothing yet."""
@@ -51,10 +66,12 @@ class Watermark:
             if now is not None:
                 self.seen_at[source] = now
 
-    def report(self, now: float, sources: set[str], backlog: set[str]) -> None:
-        """A router's word on the sources it reads: heard now, and which still have messages to read."""
+    def report(self, now: float, sources: set[str], backlog: set[str], sent_at: float | None = None) -> None:
+        """A router's word on the sources it reads, sent at ``sent_at``: which still have messages to read."""
+        heard = now if sent_at is None else min(now, sent_at)
         for src in sources:
-            self.heard_at[src] = now
+            if heard >= self.heard_at.get(src, -1.0):
+                self.heard_at[src] = heard
             self.seen_at.setdefault(src, now)  # e.g. restored from storage: idle only from now on
         self.backlog = (self.backlog - sources) | backlog
 
@@ -63,21 +80,23 @@ class Watermark:
         seen = self.seen_at.get(src)
         return seen is not None and ts >= 0 and abs(seen - ts) <= idle
 
+    def holds(self, src: str, now: float) -> bool:
+        """Whether one source holds the watermark back at its latest event time (see the class doc)."""
+        if now - self.heard_at.get(src, -self.silence_ms - 1.0) > self.silence_ms or src in self.backlog:
+            return True  # unread input, or no fresh word that there is none
+        ts = self.latest[src]
+        if ts < 0:
+            return now - self.seen_at.get(src, now) <= self.idle_ms
+        return not self._live(src, ts, self.idle_ms)
+
     def current(self, now: float | None) -> int | None:
         """The watermark in epoch ms, or None before any event was seen."""
         if not self.latest:
             return None
         if now is None:
             return min(self.latest.values())
-        idle = self.idle_ms
-        active = [
-            ts
-            for src, ts in self.latest.items()
-            if now - self.heard_at.get(src, -idle - 1.0) > idle  # its router is silent: assume nothing
-            or src in self.backlog
-            or (now - self.seen_at.get(src, -idle - 1.0) <= idle and not self._live(src, ts, idle))
-        ]
-        if active:
-            return min(active)
-        quiet_for = now - max(self.seen_at.values(), default=now) - idle
+        holding = [ts for src, ts in self.latest.items() if self.holds(src, now)]
+        if holding:
+            return min(holding)
+        quiet_for = now - max(self.seen_at.values(), default=now) - self.idle_ms
         return max(self.latest.values()) + max(0, int(quiet_for))

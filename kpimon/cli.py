@@ -83,11 +83,11 @@ def worker(
 
     cfg = _load(config)
     env = _env()
-    settings = WorkerSettings.from_env(env)
     try:
+        settings = WorkerSettings.from_env(env)
         slack = from_env(env)
     except ConfigError as exc:
-        err.print(f"[red]invalid Slack settings:[/red] {exc}")
+        err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
     ensure_topics(cfg, settings)
     plan = Plan(cfg)

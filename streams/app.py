@@ -41,6 +41,7 @@ from kpi_core.state import Change
 from kpi_core.incidents import AlertEvent
 from streams import web, wire
 from streams.metrics import Metrics
+from streams.ordered import GapReader
 from streams.router import Router, partition_of
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
@@ -107,12 +108,18 @@ class Pipeline:
         self.snapshot_topic = app.topic(cfg.topics.snapshots, value_serializer="raw", key_serializer="raw")
         self.alerts_topic = app.topic(cfg.topics.alerts, value_serializer="raw", key_serializer="raw")
         self.stage1_table = self._table("stage1")
+        # Stage 2's combiner and alert-engine state share one table, so one changelog
+        # partition keeps the order of a step's writes (its input position last).
         self.stage2_table = self._table("stage2")
-        self.alert_table = self._table("incidents")
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
         self.stage1: dict[int, PartitionAggregator] = {}
         self.stage2: dict[int, Combiner] = {}
         self.engines: dict[int, AlertEngine] = {}
+        # The next input offset each stage has applied, per (topic, partition); stored
+        # after the stage's state (streams/ordered.py). None: stored before positions existed.
+        self.positions: dict[tuple[str, int], int | None] = {}
+        self.gaps = {t: GapReader(t, settings.bootstrap, security)
+                     for t in (settings.events_topic, settings.partials_topic, cfg.topics.alerts)}
         self.router = Router(plan, settings, metrics, security, self._send_bundle, self._dead_letter)
         self.kafka_up = True
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -155,7 +162,8 @@ class Pipeline:
             ("kpimon-source-partition", str(msg.partition).encode()),
             ("kpimon-source-offset", str(msg.offset).encode()),
         ]
-        return await self.dead_letters.send(key=msg.key, value=msg.value if msg.value is not None else b"", headers=headers)
+        # A tombstone stays a tombstone (null value), so the dead letter is the input as it was.
+        return await self.dead_letters.send(key=msg.key, value=msg.value, headers=headers)
 
     # -- 2. aggregate ----------------------------------------------------------
 
@@ -163,30 +171,47 @@ class Pipeline:
         agg = self.stage1.get(p)
         if agg is None:
             agg = self.stage1[p] = PartitionAggregator(self.plan, idle_ms=self.plan.config.idle_timeout)
-            _restore(self.stage1_table, p, agg.load)
+            self.positions[(self.settings.events_topic, p)] = _restore(self.stage1_table, p, {"": agg.load})
         return agg
+
+    async def _in_order(self, topic: str, p: int, delivered: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        """What to apply for messages Faust delivered: repeats dropped, skipped ones read back (streams/ordered.py)."""
+        key = (topic, p)
+        reader = self.gaps[topic]
+        before = reader.filled
+        todo, self.positions[key] = await reader.complete(p, self.positions.get(key), delivered)
+        if reader.filled > before:
+            self.metrics.refilled.labels(topic).inc(reader.filled - before)
+        return todo
 
     async def _aggregate(self, stream: Any) -> None:
         # Several router bundles per step: state is written once per dirty cell per step,
         # not once per bundle, which is what bounds the changelog traffic. The step's
-        # offsets are committed only after it returns, when its state is written.
+        # input position is stored after its state, in the same changelog partition.
+        topic = self.settings.events_topic
         async for batch in stream.take_events(64, within=0.25):
-            by_partition: dict[int, list[Any]] = defaultdict(list)
+            by_partition: dict[int, list[tuple[int, Any]]] = defaultdict(list)
             for event in batch:
-                by_partition[event.message.partition].append(event.message.value)
-            for p, bundles in by_partition.items():
-                late: list[Any] = []
+                by_partition[event.message.partition].append((event.message.offset, event.message.value))
+            for p, delivered in by_partition.items():
                 async with self.locks[p]:
                     agg = self._stage1(p)
+                    bundles = await self._in_order(topic, p, delivered)
+                    if not bundles:
+                        continue  # all applied before: a redelivery
                     now = time.time() * 1000
-                    for raw in bundles:
-                        watermarks, backlog, events = wire.decode_events(raw)
+                    late: list[Any] = []
+                    for _, raw in bundles:
+                        watermarks, backlog, sent_at, events = wire.decode_events(raw)
                         late += agg.apply(events)
-                        agg.report(watermarks, backlog, now)
+                        agg.report(watermarks, backlog, now, sent_at)
+                    # Late records go out before the state that marks them applied
+                    # (a crash in between reports them again rather than never).
+                    for src, off, etype, ts, data in late:
+                        self.metrics.late.inc()
+                        await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
                     await self._close_stage1(p, agg, now)
-                for src, off, etype, ts, data in late:
-                    self.metrics.late.inc()
-                    await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
+                    _persist_position(self.stage1_table, p, self.positions[(topic, p)])
 
     async def _close_stage1(self, p: int, agg: PartitionAggregator, now: float) -> None:
         partials = agg.advance(now)
@@ -201,6 +226,8 @@ class Pipeline:
                 for i in range(self.partitions)
             ]
             await asyncio.gather(*futures)
+        if self.stage1.get(p) is not agg:
+            return  # revoked while the partials were sent: the new owner writes this partition now
         _persist(self.stage1_table, p, agg.changes())
 
     def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
@@ -218,53 +245,67 @@ class Pipeline:
         if comb is None:
             comb = self.stage2[p] = Combiner(self.plan, sources=self.partitions)
             engine = self.engines[p] = AlertEngine(self.plan)
-            _restore(self.stage2_table, p, comb.load)
-            _restore(self.alert_table, p, engine.load)
+            self.positions[(self.settings.partials_topic, p)] = _restore(self.stage2_table, p, {"c": comb.load, "a": engine.load})
             for (kpi, wi, bi, group), _ in engine.firing().items():
                 dims = self.plan.breakdowns[bi]
                 self.metrics.kpis.set_firing(kpi, self.plan.windows[wi].name, dims, dict(zip(dims, group)))
         return comb, self.engines[p]
 
     async def _combine(self, stream: Any) -> None:
+        topic = self.settings.partials_topic
         async for event in stream.events():
             p = event.message.partition
-            source, horizon, partials = wire.decode_partials(self.plan, event.message.value)
             comb, engine = self._stage2(p)
-            comb.receive(source, horizon, partials)
-            for closed in comb.finalize_windows():
-                for snap in closed.snapshots:
-                    await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
-                    self.metrics.record_snapshot(snap, p)
-                for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
-                    # The outbox: an alert is on Kafka before anyone tries to deliver it.
-                    fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
-                    await fut
-                    self.metrics.record_alert(alert)
+            for _, raw in await self._in_order(topic, p, [(event.message.offset, event.message.value)]):
+                source, horizon, partials = wire.decode_partials(self.plan, raw)
+                comb.receive(source, horizon, partials)
+                for closed in comb.finalize_windows():
+                    for snap in closed.snapshots:
+                        await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
+                        self.metrics.record_snapshot(snap, p)
+                    for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
+                        # The outbox: an alert is on Kafka before anyone tries to deliver it.
+                        fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
+                        await fut
+                        self.metrics.record_alert(alert)
             # Stored after the outbox write: a crash in between re-evaluates to the same
             # events (same sequence numbers), which delivery then skips as duplicates.
-            _persist(self.stage2_table, p, comb.changes())
-            _persist(self.alert_table, p, engine.changes())
+            _persist(self.stage2_table, p, comb.changes(), "c")
+            _persist(self.stage2_table, p, engine.changes(), "a")
+            _persist_position(self.stage2_table, p, self.positions[(topic, p)])
 
     # -- 4. deliver ------------------------------------------------------------
 
     async def _deliver(self, stream: Any) -> None:
         """Deliver outbox records exactly once: skip what was delivered, retry what wasn't."""
+        topic = self.plan.config.topics.alerts
         async for event in stream.events():
-            alert = AlertEvent.from_json(orjson.loads(event.message.value))
-            raw = self.delivery_table.get(alert.thread)
-            state = DeliveryState.from_json(orjson.loads(raw)) if raw else None
-            if state is not None and state.delivered_seq >= alert.seq:
-                self.metrics.alerts.labels("duplicate").inc()
-                continue
-            if self._silenced(alert):
-                self.metrics.alerts.labels("silenced").inc()
-                state = self.delivery.skip(alert, state)
-            else:
-                state = self.delivery.begin(alert, state)
-                self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
-                await self.app.producer.flush()  # the in-doubt marker is durable before Slack is called
-                state = await self._deliver_with_retries(alert, state)
+            p = event.message.partition
+            # The delivery table is written in the partition of the event being handled,
+            # so its position entry lives with the threads it vouches for.
+            key = f"\x00position|{p}"
+            if (topic, p) not in self.positions:
+                raw = self.delivery_table.get(key)
+                self.positions[(topic, p)] = orjson.loads(raw) if raw else None
+            for _, value in await self._in_order(topic, p, [(event.message.offset, event.message.value)]):
+                await self._deliver_one(AlertEvent.from_json(orjson.loads(value)))
+            self.delivery_table[key] = orjson.dumps(self.positions[(topic, p)])
+
+    async def _deliver_one(self, alert: AlertEvent) -> None:
+        raw = self.delivery_table.get(alert.thread)
+        state = DeliveryState.from_json(orjson.loads(raw)) if raw else None
+        if state is not None and state.delivered_seq >= alert.seq:
+            self.metrics.alerts.labels("duplicate").inc()
+            return
+        if self._silenced(alert):
+            self.metrics.alerts.labels("silenced").inc()
+            state = self.delivery.skip(alert, state)
+        else:
+            state = self.delivery.begin(alert, state)
             self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
+            await self.app.producer.flush()  # the in-doubt marker is durable before Slack is called
+            state = await self._deliver_with_retries(alert, state)
+        self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
 
     async def _deliver_with_retries(self, alert: AlertEvent, state: DeliveryState) -> DeliveryState:
         delay = 1.0
@@ -298,10 +339,14 @@ class Pipeline:
             return
         self._export_lag()
         now = time.time() * 1000
-        for tp in self.app.assignor.assigned_actives():
+        for tp in list(self.app.assignor.assigned_actives()):
             if tp.topic != self.settings.events_topic:
                 continue
             async with self.locks[tp.partition]:
+                # A rebalance may have begun while we waited for the lock: a partition
+                # being handed over must not be written by its old owner any more.
+                if self.app.rebalancing or tp not in self.app.assignor.assigned_actives():
+                    continue
                 await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
 
     async def _watch_kafka(self) -> None:
@@ -343,21 +388,25 @@ class Pipeline:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:
                 pass
+            self.positions.pop((tp.topic, tp.partition), None)
             if tp.topic == self.settings.events_topic:
-                self.stage1.pop(tp.partition, None)
+                async with self.locks[tp.partition]:  # a close-timer step in flight finishes first
+                    self.stage1.pop(tp.partition, None)
             elif tp.topic == self.settings.partials_topic:
                 self.stage2.pop(tp.partition, None)
                 self.engines.pop(tp.partition, None)
                 self.metrics.kpis.forget(tp.partition)
+        # Whatever those steps wrote is on Kafka before the new owner reads the changelog.
+        await self.app.producer.flush()
 
     async def _start_silences(self) -> None:
         if self.silences is not None:
             await self.silences.start()
 
     async def _start_web(self) -> None:
-        port = self.plan.config.metrics_port
-        self.runner = await web.serve(web.make_web_app(self.metrics.registry, self.health), host="0.0.0.0", port=port)
-        log.info("metrics at http://localhost:%d/metrics", port)
+        host, port = self.settings.metrics_host or self.plan.config.metrics_host, self.settings.metrics_port or self.plan.config.metrics_port
+        self.runner = await web.serve(web.make_web_app(self.metrics.registry, self.health), host=host, port=port)
+        log.info("metrics at http://%s:%d/metrics", "localhost" if host in ("0.0.0.0", "::") else host, port)
 
     def health(self) -> dict[str, object]:
         """Liveness plus readiness: ready once state is recovered and partitions are assigned."""
@@ -367,19 +416,41 @@ class Pipeline:
         return {"status": "ok", "ready": ready, "partitions": assigned}
 
 
-def _restore(table: faust.Table, partition: int, load: Callable[[str, Any], None]) -> None:
+POSITION = "position"  # the key, after "<partition>|", of a stage's input position
+
+
+def _restore(table: faust.Table, partition: int, loaders: dict[str, Callable[[str, Any], None]]) -> int | None:
+    """Load one partition's entries, each by the loader of its namespace; return the stored input position.
+
+    Fresh state starts at offset 0; state stored before positions existed gives None.
+    """
     prefix = f"{partition}|".encode()
+    position: int | None = None
+    found = False
     for key, value in list(table.items()):
         if key.startswith(prefix):
-            load(key[len(prefix) :].decode(), orjson.loads(value))
+            found = True
+            rest = key[len(prefix) :].decode()
+            if rest == POSITION:
+                position = orjson.loads(value)
+                continue
+            ns = "" if rest.startswith("[") else rest[0]  # stage keys are JSON arrays
+            loaders[ns](rest[len(ns) :], orjson.loads(value))
+    return position if found else 0
 
 
-def _persist(table: faust.Table, partition: int, changes: list[Change]) -> None:
+def _persist(table: faust.Table, partition: int, changes: list[Change], ns: str = "") -> None:
     """Write a stage's changes in order; the order is what makes recovery consistent."""
-    prefix = f"{partition}|"
+    prefix = f"{partition}|{ns}"
     for key, value in changes:
         k = (prefix + key).encode()
         if value is not None:
             table[k] = orjson.dumps(value)
         elif k in table:
             del table[k]
+
+
+def _persist_position(table: faust.Table, partition: int, position: int | None) -> None:
+    """Written last in a step: when it is stored, the state it vouches for is stored too."""
+    if position is not None:
+        table[f"{partition}|{POSITION}".encode()] = orjson.dumps(position)

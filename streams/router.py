@@ -181,7 +181,9 @@ class Router:
             if consumer is None or self._has_backlog(consumer, tp):
                 backlog.append(source)
         self.last_report = time.monotonic()
-        return [await self.send_bundle(p, wire.encode_events(watermarks, backlog, buckets.get(p, [])))
+        # Stamped with the wall clock: stage 1 believes "no backlog" only while the report is fresh.
+        sent_at = time.time() * 1000
+        return [await self.send_bundle(p, wire.encode_events(watermarks, backlog, buckets.get(p, []), sent_at))
                 for p in range(self.partitions)]
 
     def _has_backlog(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:

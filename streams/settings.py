@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kpi_core.errors import ConfigError
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -19,13 +21,24 @@ class WorkerSettings:
     data_dir: Path = Path(".cache/worker")
     batch_size: int = 10_000  # events per micro-batch in the router
     batch_within: float = 0.25  # seconds to wait for a micro-batch to fill
+    # Override kpimon.yaml's metrics_port / metrics_host, so workers can share one config file.
+    metrics_port: int | None = None
+    metrics_host: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> WorkerSettings:
+        port = env.get("KPIMON_METRICS_PORT")
+        if port is not None and not (port.strip().isdigit() and 0 <= int(port) <= 65535):
+            raise ConfigError([("KPIMON_METRICS_PORT", f"expected a port number 0-65535, got {port!r}")])
+        host = env.get("KPIMON_METRICS_HOST")
+        if host is not None and not host.strip():
+            raise ConfigError([("KPIMON_METRICS_HOST", "expected an address to bind to, e.g. 0.0.0.0 or 127.0.0.1")])
         return cls(
             bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
             app_id=env.get("KPIMON_APP_ID", "kpimon"),
             data_dir=Path(env.get("KPIMON_DATA_DIR", ".cache/worker")),
+            metrics_port=int(port) if port is not None else None,
+            metrics_host=host.strip() if host is not None else None,
         )
 
     @property

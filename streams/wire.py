@@ -1,6 +1,6 @@
 """The internal messages between stages, encoded with orjson.
 
-Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "b": [sources with a backlog], "e": [[source, offset, type, ts, data], ...]}``
+Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "b": [sources with a backlog], "t": sent at (epoch ms), "e": [[source, offset, type, ts, data], ...]}``
 Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": horizon, "p": [[window, start, phase, breakdown, group, vector], ...]}``
 """
 
@@ -14,13 +14,13 @@ from kpi_core.aggregate import Partial
 from kpi_core.plan import Plan
 
 
-def encode_events(watermarks: dict[str, int], backlog: list[str], events: list[list[Any]]) -> bytes:
-    return orjson.dumps({"w": watermarks, "b": backlog, "e": events})
+def encode_events(watermarks: dict[str, int], backlog: list[str], events: list[list[Any]], sent_at: float) -> bytes:
+    return orjson.dumps({"w": watermarks, "b": backlog, "t": sent_at, "e": events})
 
 
-def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], list[list[Any]]]:
+def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], float | None, list[list[Any]]]:
     obj = orjson.loads(raw)
-    return obj["w"], set(obj["b"]), obj["e"]
+    return obj["w"], set(obj["b"]), obj.get("t"), obj["e"]
 
 
 def encode_partials(plan: Plan, source: int, horizon: int, partials: list[Partial]) -> bytes:

@@ -163,6 +163,8 @@ def test_snapshot_key_and_json() -> None:
     snap = snaps[("events", T, ("campaign",), ("spring",))]
     assert snap.key == f"1m|{T}|events|campaign|spring"
     assert snap.to_json() == {
+        "key": snap.key,
+        "version": 1,
         "window": "1m",
         "start": "2024-05-01T12:00:00Z",
         "end": "2024-05-01T12:01:00Z",

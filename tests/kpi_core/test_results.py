@@ -61,6 +61,8 @@ def test_the_total_snapshot_key_and_json() -> None:
     snap = Snapshot("1m", T, T + MIN, (), {}, "sessions", {"sessions": 0.0}, {"bounce_rate": None})
     assert snap.key == f"1m|{T}|sessions|total"
     assert snap.to_json() == {
+        "key": snap.key,
+        "version": 1,
         "window": "1m",
         "start": "2024-05-01T12:00:00Z",
         "end": "2024-05-01T12:01:00Z",

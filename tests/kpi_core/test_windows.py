@@ -72,57 +72,88 @@ def test_a_source_never_goes_back_in_event_time() -> None:
     assert wm.current(1.0) == 500
 
 
-def test_idle_source_is_excluded_after_idle_ms_while_its_router_is_heard() -> None:
+NOW = 1_700_000_000_000.0  # the wall clock in the tests below: event times near it are live
+OLD = 1_600_000_000_000  # historical event time, far behind the wall clock
+
+
+def test_a_caught_up_historical_source_holds_the_watermark_however_long_it_is_quiet() -> None:
+    # A backfill whose producer pauses: what it sends next continues from where it stopped,
+    # so the wall clock must not close windows over it, after seconds or hours.
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"slow": 100, "fast": 900})
-    _report(wm, 8.0, {"slow": 100, "fast": 950})
-    # exactly idle_ms after its last progress, the slow source still holds the watermark back
-    assert wm.current(10.0) == 100
-    # one ms later it is idle and only the fast source counts
-    assert wm.current(11.0) == 950
+    _report(wm, NOW, {"slow": OLD + 100, "fast": OLD + 900})
+    for later in (11.0, 1_000.0, 3_600_000.0):
+        _report(wm, NOW + later, {"slow": OLD + 100, "fast": OLD + 900})
+        assert wm.current(NOW + later) == OLD + 100
 
 
-def test_a_source_with_a_backlog_is_never_idle() -> None:
+def test_every_source_quiet_with_historical_data_does_not_follow_the_wall_clock() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"slow": 100, "fast": 900})
-    _report(wm, 15.0, {"slow": 100, "fast": 950}, backlog=("slow",))  # slow hasn't been read for a while
-    assert wm.current(20.0) == 100
-    _report(wm, 21.0, {"slow": 100, "fast": 960})  # caught up, no progress since 0: idle
-    assert wm.current(21.0) == 960
+    _report(wm, NOW, {"a": OLD + 100, "b": OLD + 150})
+    _report(wm, NOW + 300_000, {"a": OLD + 100, "b": OLD + 150})  # five minutes of silence
+    assert wm.current(NOW + 300_000) == OLD + 100
 
 
-def test_when_the_router_goes_silent_nothing_is_assumed() -> None:
+def test_a_source_with_a_backlog_always_holds() -> None:
+    wm = Watermark(idle_ms=2_000)
+    _report(wm, NOW, {"orders": int(NOW) - 1_500, "views": int(NOW) - 100}, backlog=("orders",))
+    assert wm.current(NOW + 5_000) == int(NOW) - 1_500
+    _report(wm, NOW + 100, {"orders": int(NOW) - 1_500, "views": int(NOW) - 100})  # caught up, and live
+    assert wm.current(NOW + 100) == int(NOW) - 100
+
+
+def test_a_router_that_stops_reporting_makes_its_sources_hold_from_then_on() -> None:
+    # Live sources, caught up: they do not hold while their router vouches for them...
+    wm = Watermark(idle_ms=2_000, silence_ms=2_000)
+    _report(wm, NOW, {"orders": int(NOW) - 1_500, "views": int(NOW) - 100})
+    assert wm.current(NOW) == int(NOW) - 100
+    assert wm.current(NOW + 2_000) == int(NOW) - 100
+    # ...and hold as soon as its last word is older than silence_ms: it may have died with input unread.
+    assert wm.current(NOW + 2_001) == int(NOW) - 1_500
+
+
+def test_a_stale_report_is_judged_by_when_it_was_sent() -> None:
+    # Stage 1 reading its input 5 s behind: a "no backlog" sent 5 s ago says nothing about now.
+    wm = Watermark(idle_ms=2_000, silence_ms=2_000)
+    for src, ts in {"orders": int(NOW) - 1_500, "views": int(NOW) - 1_100}.items():
+        wm.observe(src, ts, NOW)
+    wm.report(NOW, {"orders", "views"}, set(), sent_at=NOW - 5_000)
+    assert wm.current(NOW) == int(NOW) - 1_500
+    wm.report(NOW + 10, {"orders", "views"}, set(), sent_at=NOW + 10)  # a fresh report: both live, caught up
+    assert wm.current(NOW + 10) == int(NOW) - 1_100
+
+
+def test_a_report_from_the_future_counts_as_sent_now() -> None:
+    wm = Watermark(idle_ms=2_000, silence_ms=2_000)
+    wm.observe("views", int(NOW) - 100, NOW)
+    wm.report(NOW, {"views"}, set(), sent_at=NOW + 60_000)  # the router's clock is a minute ahead
+    assert wm.current(NOW + 2_001) == int(NOW) - 100  # trusted for silence_ms from now, not from its stamp
+
+
+def test_an_idle_live_source_that_progresses_again_holds_the_watermark_again() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"a": 100, "b": 200})
-    # a and b make no progress, but no report says they are caught up after 10 ms:
-    # a stalled router must not let the wall clock close windows over unread data
-    assert wm.current(5.0) == 100
-    assert wm.current(1_000.0) == 100
-    _report(wm, 1_000.0, {"a": 100, "b": 200})  # heard again, both caught up and quiet since 0
-    assert wm.current(1_000.0) == 200 + 1_000 - 10
+    _report(wm, NOW, {"a": int(NOW) - 5, "b": int(NOW) - 50})
+    _report(wm, NOW + 100, {"a": int(NOW) - 5, "b": int(NOW) + 95})
+    # a is live and caught up, b is live and caught up: nobody holds, the clock moves event time
+    assert wm.current(NOW + 100) == int(NOW) + 95
+    _report(wm, NOW + 200, {"a": int(NOW) - 5, "b": int(NOW) + 95}, backlog=("a",))
+    assert wm.current(NOW + 200) == int(NOW) - 5
 
 
-def test_an_idle_source_that_progresses_again_holds_the_watermark_again() -> None:
+def test_all_live_sources_quiet_advance_with_the_wall_clock() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"slow": 100, "fast": 800})
-    _report(wm, 15.0, {"slow": 100, "fast": 900})
-    assert wm.current(15.0) == 900
-    _report(wm, 16.0, {"slow": 120, "fast": 900})
-    assert wm.current(16.0) == 120
+    _report(wm, NOW, {"a": int(NOW) - 5, "b": int(NOW)})
+    # both caught up and live: b's latest plus how long everything has been quiet beyond idle_ms
+    _report(wm, NOW + 20, {"a": int(NOW) - 5, "b": int(NOW)})
+    assert wm.current(NOW + 20) == int(NOW) + 10
+    _report(wm, NOW + 1_010, {"a": int(NOW) - 5, "b": int(NOW)})
+    assert wm.current(NOW + 1_010) == int(NOW) + 1_000
 
 
-def test_all_idle_advances_with_the_wall_clock() -> None:
+def test_a_mixed_stream_waits_for_its_historical_source() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"a": 100, "b": 150})
-    _report(wm, 5.0, {"a": 100, "b": 200})
-    _report(wm, 15.0, {"a": 100, "b": 200})
-    # a is idle, b is not yet
-    assert wm.current(15.0) == 200
-    _report(wm, 20.0, {"a": 100, "b": 200})
-    # both idle: b's latest plus how long everything has been quiet beyond idle_ms
-    assert wm.current(20.0) == 205
-    _report(wm, 1_015.0, {"a": 100, "b": 200})
-    assert wm.current(1_015.0) == 1_200
+    _report(wm, NOW, {"live": int(NOW), "backfill": OLD})
+    _report(wm, NOW + 1_000, {"live": int(NOW), "backfill": OLD})
+    assert wm.current(NOW + 1_000) == OLD
 
 
 def test_replay_mode_counts_every_source_as_active() -> None:
@@ -141,54 +172,43 @@ def test_replay_mode_ignores_wall_clock_idleness() -> None:
     assert wm.current(None) == 100
 
 
-def test_restored_sources_hold_until_heard_and_are_idle_only_from_then() -> None:
+def test_restored_sources_hold_until_heard() -> None:
     wm = Watermark(idle_ms=10)
     # as after a restart: latest restored without a wall-clock time
-    wm.observe("a", 100, now=None)
-    wm.observe("b", 200, now=None)
-    assert wm.current(5_000.0) == 100  # not heard from yet: both hold
-    _report(wm, 5_000.0, {"a": -1, "b": -1})  # the new router has read nothing yet
-    assert wm.current(5_010.0) == 100
-    _report(wm, 5_020.0, {"a": -1, "b": -1})
-    assert wm.current(5_020.0) == 210  # both idle for 10 ms beyond idle_ms
+    wm.observe("a", int(NOW) - 3, now=None)
+    wm.observe("b", int(NOW) - 2, now=None)
+    assert wm.current(NOW) == int(NOW) - 3  # not heard from yet: both hold
+    _report(wm, NOW, {"a": -1, "b": -1})  # the new router reports them caught up
+    # restored times are judged live against when they were first heard of again
+    assert wm.current(NOW) == int(NOW) - 2
 
 
-def test_only_progress_counts_as_activity() -> None:
+def test_restored_historical_sources_keep_holding_when_heard() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"stuck": 100, "moving": 500})
-    _report(wm, 9.0, {"stuck": 100, "moving": 600})  # the same time again: not progress
-    assert wm.current(10.0) == 100
-    assert wm.current(11.0) == 600  # stuck has made no progress for 11 ms: idle
+    wm.observe("a", OLD + 100, now=None)
+    wm.observe("b", OLD + 200, now=None)
+    _report(wm, NOW, {"a": -1, "b": -1})
+    assert wm.current(NOW + 60_000) == OLD + 100  # its router's report is a minute old, too
+    _report(wm, NOW + 60_000, {"a": -1, "b": -1})
+    assert wm.current(NOW + 60_000) == OLD + 100
 
 
 def test_a_known_source_without_data_holds_the_watermark_back_until_idle() -> None:
     wm = Watermark(idle_ms=10)
-    _report(wm, 0.0, {"orders:0": -1, "clicks:0": 5_000})  # orders:0 assigned, nothing delivered yet
-    _report(wm, 5.0, {"orders:0": -1, "clicks:0": 5_500})
-    assert wm.current(10.0) == -1
-    assert wm.current(11.0) == 5_500  # orders:0 has been silent for 11 ms
-    _report(wm, 12.0, {"orders:0": 4_000, "clicks:0": 5_500})
-    assert wm.current(12.0) == 4_000
+    _report(wm, NOW, {"orders:0": -1, "clicks:0": OLD + 5_000})  # orders:0 assigned, nothing delivered yet
+    _report(wm, NOW + 5, {"orders:0": -1, "clicks:0": OLD + 5_500})
+    assert wm.current(NOW + 10) == -1
+    assert wm.current(NOW + 11) == OLD + 5_500  # orders:0 has had no backlog for 11 ms
+    _report(wm, NOW + 12, {"orders:0": OLD + 4_000, "clicks:0": OLD + 5_500})
+    assert wm.current(NOW + 12) == OLD + 4_000
 
 
 def test_a_caught_up_live_source_stops_holding_at_once() -> None:
     # event time ≈ wall time: the sparse source's next event will be stamped about now
     wm = Watermark(idle_ms=2_000)
-    now = 1_700_000_000_000.0
+    now = NOW
     _report(wm, now - 1_000, {"orders": int(now) - 1_500, "views": int(now) - 1_000})
     _report(wm, now, {"orders": int(now) - 1_500, "views": int(now) - 100})
     assert wm.current(now) == int(now) - 100  # orders is caught up and live: not waited for
     _report(wm, now, {"orders": int(now) - 1_500, "views": int(now) - 100}, backlog=("orders",))
     assert wm.current(now) == int(now) - 1_500  # with a backlog it holds, live or not
-
-
-def test_a_caught_up_source_replaying_old_data_keeps_the_idle_grace() -> None:
-    # event time far behind the wall clock (a replay into Kafka): idle_ms still applies
-    wm = Watermark(idle_ms=2_000)
-    now = 1_700_000_000_000.0
-    old = 1_600_000_000_000
-    _report(wm, now, {"orders": old, "views": old + 900})
-    assert wm.current(now + 2_000) == old  # exactly idle_ms after its progress it still holds
-    _report(wm, now + 1_500, {"orders": old, "views": old + 1_400})  # views keeps progressing
-    _report(wm, now + 2_001, {"orders": old, "views": old + 1_400})
-    assert wm.current(now + 2_001) == old + 1_400  # now orders is idle
