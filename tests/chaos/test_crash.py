@@ -36,6 +36,7 @@ def test_kill_9_five_times_loses_and_duplicates_nothing(kafka_bootstrap: str, tm
     worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path)
     worker.start()  # creates the topics; the input is then already waiting for every restart
     truth.produce(kafka_bootstrap, prefix, evs)
+    truth.close(kafka_bootstrap, prefix, evs)
     kills = 0
     try:
         for _ in range(6):
@@ -64,6 +65,7 @@ def test_two_workers_then_one_is_killed_and_the_survivor_takes_over(kafka_bootst
     b.start()
     _wait_split(a, b)
     truth.produce(kafka_bootstrap, prefix, evs)
+    truth.close(kafka_bootstrap, prefix, evs)
     time.sleep(4)
     b.kill()
     try:
@@ -112,6 +114,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
     try:
         worker.start()
         truth.produce(bootstrap, prefix, evs)
+        truth.close(bootstrap, prefix, evs)
         time.sleep(2)
         broker.down()
         time.sleep(5)

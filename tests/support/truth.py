@@ -4,6 +4,9 @@ without kpi_core, so a bug shared by the worker and replay can't hide."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from kpimon.simulator import SimConfig, generate
+from tests.support.worker import close_input
 
 T = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 WINDOW = 60_000
@@ -68,15 +72,91 @@ def truth(evs: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, str, str], d
     return dict(acc)
 
 
+TOPIC_OF = {"impression": "ad-impressions", "click": "ad-clicks", "pageview": "page-views", "lead": "leads",
+            "order": "orders", "spend": "ad-spend", "survey": "surveys"}
+
+
 def produce(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]]) -> None:
     """Every event to its type's source topic, keyed at random-ish (the worker must not care)."""
-    topic_of = {"impression": "ad-impressions", "click": "ad-clicks", "pageview": "page-views", "lead": "leads",
-                "order": "orders", "spend": "ad-spend", "survey": "surveys"}
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, batch_size=262_144, acks=1)
     for i, (etype, e) in enumerate(evs):
-        producer.send(f"{prefix}-{topic_of[etype]}", key=str(i % 97).encode(), value=orjson.dumps(e), timestamp_ms=e["ts"])
+        producer.send(f"{prefix}-{TOPIC_OF[etype]}", key=str(i % 97).encode(), value=orjson.dumps(e), timestamp_ms=e["ts"])
     producer.flush()
     producer.close()
+
+
+def close(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]], partitions: int = 4) -> None:
+    """Move every source past the input's last window, so every window of the truth closes."""
+    last = max(e["ts"] for _, e in evs)
+    close_input(bootstrap, prefix, last - last % WINDOW + 2 * WINDOW, partitions)
+
+
+#: Hostile lines for kcat (key|value): each must be dead-lettered, none may stop anything.
+HOSTILE = [b"not json at all", b'{"ts": "yesterday", "campaign": "x", "channel": "y"}', b"[1, 2, 3]",
+           b'{"campaign": "no-ts", "channel": "email"}', b'{"ts": 1714564800000, "campaign": "", "channel": "email"}']
+
+
+def kcat_lines(evs: list[tuple[str, dict[str, Any]]], *, hostile: int = 0, offset: int = 0) -> dict[str, list[bytes]]:
+    """``key|json`` lines per source topic (short names), with ``hostile`` bad lines spread over them."""
+    lines: dict[str, list[bytes]] = defaultdict(list)
+    for i, (etype, e) in enumerate(evs):
+        lines[TOPIC_OF[etype]].append(str((i + offset) % 97).encode() + b"|" + orjson.dumps(e))
+    topics = sorted(lines)
+    for i in range(hostile):
+        topic = lines[topics[i % len(topics)]]
+        topic.insert((i * 7919) % (len(topic) + 1), b"bad|" + HOSTILE[i % len(HOSTILE)])
+    return dict(lines)
+
+
+class KcatFeed:
+    """One kcat producer per topic (a non-Python client), fed its lines evenly over ``seconds``."""
+
+    def __init__(self, bootstrap: str, prefix: str, lines: dict[str, list[bytes]], seconds: float) -> None:
+        kcat = shutil.which("kcat")
+        assert kcat, "kcat is installed by scripts/bootstrap.sh"
+        self.procs = {
+            topic: subprocess.Popen([kcat, "-P", "-b", bootstrap, "-t", f"{prefix}-{topic}", "-K", "|"],
+                                    stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+            for topic in lines
+        }
+        self.threads = [threading.Thread(target=self._feed, args=(self.procs[t], ls, seconds), daemon=True) for t, ls in lines.items()]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _feed(proc: subprocess.Popen[bytes], lines: list[bytes], seconds: float) -> None:
+        assert proc.stdin is not None
+        steps = max(1, int(seconds / 0.2))
+        chunk = max(1, math.ceil(len(lines) / steps))
+        began = time.monotonic()
+        for k, i in enumerate(range(0, len(lines), chunk)):
+            proc.stdin.write(b"\n".join(lines[i : i + chunk]) + b"\n")
+            proc.stdin.flush()
+            time.sleep(max(0.0, began + (k + 1) * seconds / steps - time.monotonic()))
+        proc.stdin.close()
+
+    def join(self, timeout: float = 300) -> None:
+        for t in self.threads:
+            t.join(timeout)
+        for topic, proc in self.procs.items():
+            assert proc.wait(timeout) == 0, f"kcat for {topic} failed: {proc.stderr.read().decode() if proc.stderr else ''}"
+
+
+def dead_letter_sources(bootstrap: str, topic: str, *, expect: int, timeout: float = 60) -> set[tuple[str, str, str]]:
+    """The distinct (topic, partition, offset) of dead-lettered inputs (a re-read batch may repeat some)."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                             group_id=None, consumer_timeout_ms=1000)
+    seen: set[tuple[str, str, str]] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(seen) < expect:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for r in batch:
+                    h = {k: v.decode() for k, v in r.headers}
+                    seen.add((h["kpimon-source-topic"], h["kpimon-source-partition"], h["kpimon-source-offset"]))
+    finally:
+        consumer.close()
+    return seen
 
 
 def snapshots(bootstrap: str, topic: str, *, expect: int, timeout: float) -> Iterator[dict[str, Any]]:
@@ -99,14 +179,33 @@ def compare(got: list[dict[str, Any]], want: dict[tuple[str, str, str], dict[str
     """Differences between published snapshots and the truth; duplicates must be identical."""
     problems: list[str] = []
     by_key: dict[tuple[str, str, str], dict[str, float]] = {}
+    versions: dict[tuple[str, str, str], tuple[str, int]] = {}
     for s in got:
         key = (s["start"], s["breakdown"], orjson.dumps(s["group"]).decode())
         if key in by_key and by_key[key] != s["measures"]:
             problems.append(f"{key}: published twice with different values {by_key[key]} / {s['measures']}")
+        if key in versions and versions[key] != (s["key"], s["version"]):
+            problems.append(f"{key}: a repeat must carry the same key and version, got {versions[key]} / {(s['key'], s['version'])}")
         by_key[key] = s["measures"]
+        versions[key] = (s["key"], s["version"])
     for key in sorted(want.keys() | by_key.keys()):
         a, b = want.get(key), by_key.get(key)
         # Sums of costs are added in another order across partitions: compare to 1e-9.
         if a is None or b is None or a.keys() != b.keys() or any(not math.isclose(a[m], b[m], rel_tol=1e-9, abs_tol=1e-9) for m in a):
             problems.append(f"{key}: want {a} got {b}")
     return problems
+
+
+def count(bootstrap: str, topic: str, *, quiet: float = 3.0) -> int:
+    """How many records a topic holds: read until nothing new arrived for ``quiet`` seconds."""
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                             group_id=None)
+    n, last = 0, time.monotonic()
+    try:
+        while time.monotonic() - last < quiet:
+            for batch in consumer.poll(timeout_ms=500).values():
+                n += len(batch)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return n

@@ -25,19 +25,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SOURCES = {
+    "ad-impressions": "impression",
+    "ad-clicks": "click",
+    "page-views": "pageview",
+    "leads": "lead",
+    "orders": "order",
+    "ad-spend": "spend",
+    "surveys": "survey",
+}
+
+#: One valid event of each type, for closers (below).
+_CLOSER = {
+    "impression": {},
+    "click": {"cost": 0.0},
+    "pageview": {"visitor_id": "closer", "session_id": "closer", "page": "/"},
+    "lead": {"lead_id": "closer", "stage": "lead"},
+    "order": {"order_id": "closer", "revenue": 0.0, "customer_id": "closer", "new_customer": False},
+    "spend": {"amount": 0.0},
+    "survey": {"score": 5},
+}
+
+
+def close_input(bootstrap: str, prefix: str, ts: int, partitions: int) -> None:
+    """One event at ``ts`` in every partition of every source topic.
+
+    Historical data holds the watermark at each source's latest event (it may be a
+    paused backfill), so a test's last windows close only when every source has
+    moved past them: the closers are that newer data. Their own window stays open.
+    """
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap)
+    for topic, etype in SOURCES.items():
+        event = {"ts": ts, "campaign": "closer", "channel": "direct", **_CLOSER[etype]}
+        for partition in range(partitions):
+            producer.send(f"{prefix}-{topic}", value=orjson.dumps(event), partition=partition)
+    producer.flush()
+    producer.close()
+
+
 def topic_names(prefix: str) -> dict[str, Any]:
     """A ``topics`` config section whose every name starts with ``prefix``, so tests don't collide."""
-    sources = {
-        "ad-impressions": "impression",
-        "ad-clicks": "click",
-        "page-views": "pageview",
-        "leads": "lead",
-        "orders": "order",
-        "ad-spend": "spend",
-        "surveys": "survey",
-    }
     return {
-        "sources": {f"{prefix}-{t}": etype for t, etype in sources.items()},
+        "sources": {f"{prefix}-{t}": etype for t, etype in SOURCES.items()},
         "dead_letters": f"{prefix}-dead-letters",
         "late_events": f"{prefix}-late-events",
         "snapshots": f"{prefix}-kpi-snapshots",
@@ -65,13 +96,15 @@ class Worker:
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 90) -> Worker:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path)],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
-        self.wait_ready(timeout)
+    def start(self, timeout: float = 90, *, wait: bool = True) -> Worker:
+        """Start the process; with ``wait=False`` return at once (it may still be recovering)."""
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path)],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def health(self) -> dict[str, Any] | None:
