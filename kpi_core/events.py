@@ -176,6 +176,22 @@ def validate(obj: Any, implied_type: str | None = None) -> Event:
     return Event(etype, ts, data)
 
 
+#: A message with this header is a progress marker, not an event: its producer promises that
+#: no event older than the header's value (epoch ms, decimal) will follow on that partition.
+MARKER_HEADER = "kpimon-watermark"
+
+
+def marker(headers: Any) -> int | None:
+    """The promised event time of a progress marker, None for an ordinary message; InvalidEvent if malformed."""
+    for key, value in headers or ():
+        if key == MARKER_HEADER:
+            text = (value or b"").decode("ascii", "replace").strip()
+            if not text.isdigit() or not MIN_TS_MS <= int(text) < MAX_TS_MS:
+                raise InvalidEvent("bad_timestamp", f"the {MARKER_HEADER} header must be epoch milliseconds between 2000 and 2100")
+            return int(text)
+    return None
+
+
 def decode(raw: bytes, implied_type: str | None = None) -> Event:
     """Decode one Kafka message value into an Event, or raise InvalidEvent."""
     try:

@@ -122,15 +122,30 @@ def simulate(
 
 
 @cli.command()
-def produce(file: Path = typer.Argument(..., help="JSONL or CSV of events"), config: Optional[Path] = ConfigOpt) -> None:
-    """Load a file of events into the source topics, keeping event timestamps."""
-    from kpimon.producer import produce_file
+def produce(
+    file: Path = typer.Argument(..., help="JSONL or CSV of events"),
+    config: Optional[Path] = ConfigOpt,
+    complete: bool = typer.Option(False, "--complete", help="the file is all there is up to its last event: close its windows"),
+) -> None:
+    """Load a file of events into the source topics, keeping event timestamps.
+
+    Historical data holds windows open while it is quiet (a paused backfill loses
+    nothing), so a backfill's last windows close when newer data arrives. With
+    --complete, a progress marker on every source partition closes them now.
+    """
+    from kpimon.producer import last_event_time, produce_file, send_markers
 
     cfg = _load(config)
     topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
     counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for)
     for topic, n in sorted(counts.items()):
         out.print(f"{topic}: {n}")
+    last = last_event_time(file)
+    if complete and last is not None:
+        # Past the end of the last event's largest window, its lateness and its sessions phase.
+        settle = max(w.size for w in cfg.windows) + cfg.allowed_lateness + cfg.session_timeout
+        n = send_markers(_bootstrap(), cfg.topics.sources, last + settle)
+        out.print(f"progress markers: {n} (every source partition is complete up to {last + settle} ms)")
 
 
 @cli.command()

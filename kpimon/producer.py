@@ -10,14 +10,14 @@ import csv
 import re
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from kpi_core.errors import InvalidEvent, KpimonError
-from kpi_core.events import parse_ts
+from kpi_core.events import MARKER_HEADER, parse_ts
 from streams.security import KafkaSecurity
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -236,3 +236,37 @@ def produce_file(
     if tracker.failed:
         raise ProduceError(f"{tracker.failed} of {sum(counts.values())} events from {path} were not delivered: {tracker.first_error}")
     return counts
+
+
+def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: KafkaSecurity | None = None) -> int:
+    """A progress marker at ``ts`` in every partition of each topic; returns how many were sent.
+
+    A marker (header ``kpimon-watermark``, docs/events.md) promises that no older event
+    follows on its partition, so a finished backfill's last windows can close.
+    """
+    producer = connect(bootstrap, acks="all", security=security)
+    tracker = DeliveryTracker()
+    sent = 0
+    try:
+        for topic in topics:
+            partitions = producer.partitions_for(topic)
+            if not partitions:
+                raise ProduceError(f"topic {topic} does not exist at {bootstrap}; create the topics first (kpimon topics)")
+            for partition in sorted(partitions):
+                headers = [(MARKER_HEADER, str(ts).encode())]
+                tracker.watch(producer.send(topic, value=b"", partition=partition, headers=headers, timestamp_ms=ts))
+                sent += 1
+        producer.flush()
+    except KafkaError as exc:
+        raise ProduceError(f"sending progress markers to Kafka at {bootstrap} failed: {exc}") from None
+    finally:
+        producer.close()
+    if tracker.failed:
+        raise ProduceError(f"{tracker.failed} of {sent} progress markers were not delivered: {tracker.first_error}")
+    return sent
+
+
+def last_event_time(path: Path) -> int | None:
+    """The largest valid ``ts`` in a file (None if it has none)."""
+    times = [t for t in (_timestamp(obj) for obj in read_events(path)) if t is not None]
+    return max(times, default=None)

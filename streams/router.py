@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from kpi_core.errors import InvalidEvent
-from kpi_core.events import decode
+from kpi_core.events import decode, marker
 from kpi_core.plan import Plan
 from streams import wire
 from streams.metrics import Metrics
@@ -133,6 +133,13 @@ class Router:
             latest = progress.get(source, -1)
             for msg in msgs:
                 try:
+                    promised = marker(msg.headers)
+                    if promised is not None:
+                        if promised > horizon_ms:
+                            raise InvalidEvent("bad_timestamp", "the progress marker is too far in the future")
+                        # A progress marker: the source has certainly reached this event time.
+                        latest = max(latest, promised)
+                        continue
                     ev = decode(msg.value, etype_implied)
                     if ev.ts > horizon_ms:
                         # One event stamped years ahead would drag the watermark along and

@@ -24,7 +24,7 @@ from aiokafka.errors import KafkaConnectionError
 from kafka import KafkaConsumer
 
 from kpimon.broker import BrokerError, BrokerTls, LocalBroker, SecureListener, SecureProtocol, project_root
-from kpimon.producer import connect, produce_file
+from kpimon.producer import connect, produce_file, send_markers
 from kpimon.silences import SilenceStoreError, add_silence, ensure_topic, read_silences, topic_partitions
 from streams.security import KafkaSecurity
 from streams.silences import SilenceWatcher
@@ -232,10 +232,9 @@ def _worker_config(prefix: str) -> dict:
 
 
 def _events_file(path: Path) -> Path:
-    """Campaign alpha: 40 impressions and 3 clicks in one 10 s window, then one later event to close it."""
+    """Campaign alpha: 40 impressions and 3 clicks in one 10 s window (progress markers close it)."""
     events = [{"type": "impression", "ts": T + i * 200, "campaign": "alpha", "channel": "email"} for i in range(40)]
     events += [{"type": "click", "ts": T + 1000 * i, "campaign": "alpha", "channel": "email", "cost": 0.5} for i in range(1, 4)]
-    events.append({"type": "spend", "ts": T + 60_000, "campaign": "closer", "channel": "direct", "amount": 1.0})
     path.write_bytes(b"\n".join(orjson.dumps(e) for e in events) + b"\n")
     return path
 
@@ -251,6 +250,7 @@ def test_worker_computes_kpis_over_sasl_ssl_and_never_logs_the_password(broker: 
     try:
         topics = {etype: topic for topic, etype in config["topics"]["sources"].items()}
         produce_file(_events_file(tmp_path / "events.jsonl"), bootstrap=bootstrap, topics=topics, security=security)
+        send_markers(bootstrap, topics.values(), T + 60_000, security=security)  # over SASL_SSL too
         # `kpimon silence add` from the command line, over SASL_SSL, reaches the worker's watcher (aiokafka)
         cli = subprocess.run(
             [sys.executable, "-m", "kpimon.cli", "silence", "add", "--campaign", "beta", "--for", "1h", "--reason", "tls",

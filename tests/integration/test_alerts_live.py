@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.support.slack_api import SlackAPIServer
-from tests.support.worker import ROOT, Worker, topic_names
+from tests.support.worker import ROOT, SOURCES, Worker, topic_names
 
 T = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 W = 10_000  # 10 s windows
@@ -46,8 +46,11 @@ def _window(producer: KafkaProducer, prefix: str, campaign: str, w: int, clicks:
 
 
 def _close_through(producer: KafkaProducer, prefix: str, w: int) -> None:
-    """An event past window w (plus lateness) that feeds no KPI here, to move event time on."""
-    producer.send(f"{prefix}-ad-spend", orjson.dumps({"ts": T + (w + 1) * W + 2_000, "campaign": "clock", "channel": "direct", "amount": 1.0}))
+    """Progress markers past window w (plus lateness) on every source partition, to move event time on."""
+    producer.flush()
+    for topic in SOURCES:
+        for partition in range(2):
+            producer.send(f"{prefix}-{topic}", value=b"", partition=partition, headers=[("kpimon-watermark", str(T + (w + 1) * W + 2_000).encode())])
     producer.flush()
 
 

@@ -30,6 +30,7 @@ import yaml
 from kafka import KafkaProducer
 
 from alerts.slack import DEFAULT_MAX_RETRIES
+from kpimon.producer import send_markers
 from kpimon.simulator import Anomaly, SimConfig, run
 from tests.support.slack_api import SlackAPIServer
 from tests.support.worker import ROOT, Worker, free_port, topic_names
@@ -203,11 +204,15 @@ def _feed(stack: Stack, bootstrap: str, topics: dict[str, Any]) -> None:
         produced_at = time.time()
         _wait(lambda: sum(worker.samples("kpimon_events_total").values()) >= produced, 60,
               f"the worker to route all {produced} events", on_timeout=lambda: _diagnosis(worker))
-        return start_ms + int(seconds * 1000)
+        end_ms = start_ms + int(seconds * 1000)
+        # The data is minutes old, so it holds the watermark while quiet; a progress marker on
+        # every source says the burst is complete, and its windows close.
+        send_markers(bootstrap, topics["sources"], end_ms)
+        return end_ms
 
     def resume(end_ms: int) -> int:
-        # Quiet sources let the watermark follow the wall clock (the idle timeout), so the
-        # next burst starts that much later in event time, and nothing in it is late.
+        # The next burst starts later in event time by the wall-clock pause, so bursts line up
+        # with the time the dashboards show.
         return end_ms + int((time.time() - produced_at) * 1000)
 
     end = burst((int(time.time() * 1000) - 120_000) // window_ms * window_ms, 60)
@@ -226,7 +231,8 @@ def _feed(stack: Stack, bootstrap: str, topics: dict[str, Any]) -> None:
 
     # Recovered, ending on a window boundary: the last window is complete for every campaign.
     start = resume(end)
-    burst(start, (-(-(start + 20_000) // window_ms) * window_ms - start) / 1000)
+    end = burst(start, (-(-(start + 20_000) // window_ms) * window_ms - start) / 1000)
+    send_markers(bootstrap, topics["sources"], end + window_ms + 3_000 + 5_000)  # past the last window's sessions phase
     _wait(lambda: prom.query(f"{drop} == 0"), 60, f"Prometheus to see {DROP}'s incident resolved", on_timeout=lambda: _diagnosis(worker))
     _wait(lambda: _settled(worker), 40, "the worker to close its last window", on_timeout=lambda: _diagnosis(worker))
     time.sleep(max(0.0, MIN_SCRAPING_S - (time.time() - prom.started_at)) + 2 * SCRAPE_S)

@@ -68,7 +68,7 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path) -> N
     worker.start()
     try:
         env = {**worker.env}
-        subprocess.run([sys.executable, "-m", "kpimon.cli", "produce", str(events), "--config", str(config_path)], env=env, cwd=ROOT, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "kpimon.cli", "produce", str(events), "--config", str(config_path), "--complete"], env=env, cwd=ROOT, check=True, capture_output=True)
         consumer = KafkaConsumer(
             config["topics"]["snapshots"], bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
             group_id=f"check-{prefix}",

@@ -35,32 +35,19 @@ SOURCES = {
     "surveys": "survey",
 }
 
-#: One valid event of each type, for closers (below).
-_CLOSER = {
-    "impression": {},
-    "click": {"cost": 0.0},
-    "pageview": {"visitor_id": "closer", "session_id": "closer", "page": "/"},
-    "lead": {"lead_id": "closer", "stage": "lead"},
-    "order": {"order_id": "closer", "revenue": 0.0, "customer_id": "closer", "new_customer": False},
-    "spend": {"amount": 0.0},
-    "survey": {"score": 5},
-}
-
-
 def close_input(bootstrap: str, prefix: str, ts: int, partitions: int) -> None:
-    """One event at ``ts`` in every partition of every source topic.
+    """A progress marker at ``ts`` (docs/events.md) in every partition of every source topic.
 
     Historical data holds the watermark at each source's latest event (it may be a
     paused backfill), so a test's last windows close only when every source has
-    moved past them: the closers are that newer data. Their own window stays open.
+    moved past them; the markers say so without adding any event.
     """
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for topic, etype in SOURCES.items():
-        event = {"ts": ts, "campaign": "closer", "channel": "direct", **_CLOSER[etype]}
+    for topic in SOURCES:
         for partition in range(partitions):
-            producer.send(f"{prefix}-{topic}", value=orjson.dumps(event), partition=partition)
+            producer.send(f"{prefix}-{topic}", value=b"", partition=partition, headers=[("kpimon-watermark", str(ts).encode())])
     producer.flush()
     producer.close()
 
