@@ -56,9 +56,14 @@ class LocalPipeline:
         return out
 
 
-def run_all(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000) -> Iterator[Output]:
-    """Every snapshot and alert event for a finite stream of events, in window order."""
+def run_all(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000, late: list[Routed] | None = None) -> Iterator[Output]:
+    """Every snapshot and alert event for a finite stream of events, in window order.
+
+    Events too late to count are appended to ``late`` (when given) as they are found.
+    """
     pipe = LocalPipeline(plan)
+    if late is not None:
+        pipe.late = late
     buf: list[Routed] = []
     for ev in events:
         buf.append(ev)

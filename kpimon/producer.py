@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping
 
 import orjson
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from kpi_core.errors import InvalidEvent, KpimonError
 from kpi_core.events import MARKER_HEADER, parse_ts
@@ -44,7 +44,7 @@ class ProduceError(KpimonError):
     """Kafka did not accept the events; check that the broker at the bootstrap address is up."""
 
 
-def connect(bootstrap: str, *, acks: int | str, security: KafkaSecurity | None = None) -> KafkaProducer:
+def connect(bootstrap: str, *, acks: int | str, security: KafkaSecurity | None = None, max_block_ms: int = 60_000) -> KafkaProducer:
     """A KafkaProducer for ``bootstrap``, or ProduceError if no broker answers.
 
     ``security`` (TLS, SASL) defaults to the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``/``KAFKA_SSL_*`` environment.
@@ -53,7 +53,8 @@ def connect(bootstrap: str, *, acks: int | str, security: KafkaSecurity | None =
         security = KafkaSecurity.from_env()
     try:
         return KafkaProducer(
-            bootstrap_servers=bootstrap, acks=acks, linger_ms=20, bootstrap_timeout_ms=10_000, **security.kafka_python_options()
+            bootstrap_servers=bootstrap, acks=acks, linger_ms=20, bootstrap_timeout_ms=10_000, max_block_ms=max_block_ms,
+            **security.kafka_python_options(),
         )
     except KafkaError as exc:
         raise ProduceError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
@@ -244,12 +245,15 @@ def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: Ka
     A marker (header ``kpimon-watermark``, docs/events.md) promises that no older event
     follows on its partition, so a finished backfill's last windows can close.
     """
-    producer = connect(bootstrap, acks="all", security=security)
+    producer = connect(bootstrap, acks="all", security=security, max_block_ms=5_000)
     tracker = DeliveryTracker()
     sent = 0
     try:
         for topic in topics:
-            partitions = producer.partitions_for(topic)
+            try:
+                partitions = producer.partitions_for(topic)
+            except KafkaTimeoutError:
+                partitions = None
             if not partitions:
                 raise ProduceError(f"topic {topic} does not exist at {bootstrap}; create the topics first (kpimon topics)")
             for partition in sorted(partitions):

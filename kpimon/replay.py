@@ -48,7 +48,8 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
                     bar.update(task, completed=n)
                 yield obj
 
-        for item in run_all(plan, routed(rows(), invalid)):
+        late: list[Routed] = []
+        for item in run_all(plan, routed(rows(), invalid), late=late):
             if isinstance(item, AlertEvent):
                 alerts.append(item)
                 if fmt == "jsonl":
@@ -57,10 +58,19 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
             snapshots.append(item)
             if fmt == "jsonl":
                 print(orjson.dumps({"snapshot": item.to_json()}).decode())
+    if fmt == "jsonl":
+        for _, _, etype, ts, data in late:
+            print(orjson.dumps({"late": {"type": etype, "ts": ts, **data}}).decode())
     if fmt == "table":
         _table(plan, snapshots, alerts, out)
     if invalid:
         err.print("invalid events skipped: " + ", ".join(f"{r}={n}" for r, n in sorted(invalid.items())))
+    if late:
+        by_type: dict[str, int] = {}
+        for _, _, etype, _, _ in late:
+            by_type[etype] = by_type.get(etype, 0) + 1
+        err.print(f"late events not counted (more than allowed_lateness behind the file's event time when read; "
+                  f"live they go to late-events): " + ", ".join(f"{t}={n}" for t, n in sorted(by_type.items())))
     return snapshots
 
 

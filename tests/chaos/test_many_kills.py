@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import truth
-from tests.support.worker import Worker, topic_names
+from tests.support.worker import Worker, free_port, topic_names
 
 
 def _config(prefix: str) -> dict:
@@ -29,10 +29,14 @@ def test_two_workers_killed_many_times_together_and_apart_lose_and_duplicate_not
     evs = truth.events(150_000, seed=8)
     want = truth.truth(evs)
     preload, stream = evs[:60_000], evs[60_000:]
+    # One config file for both; each worker's port and bind address come from its environment.
+    shared = tmp_path / "kpimon.yaml"
     workers = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        workers.append(Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / name))
+        env = {"KPIMON_METRICS_PORT": str(free_port()), "KPIMON_METRICS_HOST": "127.0.0.1"}
+        workers.append(Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / name, env=env, config_path=shared))
+    assert "metrics_port" not in shared.read_text()
     a, b = workers
     a.start()  # creates the topics
     b.start()
@@ -54,7 +58,7 @@ def test_two_workers_killed_many_times_together_and_apart_lose_and_duplicate_not
         feed.join()
         for w in workers:
             w.wait_ready(120)
-        truth.close(kafka_bootstrap, prefix, evs)
+        truth.close_with_kcat(kafka_bootstrap, prefix, evs)
         got = list(truth.snapshots(kafka_bootstrap, f"{prefix}-kpi-snapshots", expect=len(want), timeout=300))
         problems = truth.compare(got, want)
         assert problems == [], f"{len(problems)} windows differ, e.g.:\n" + "\n".join(problems[:10])

@@ -202,9 +202,12 @@ def test_snapshots_are_published(run: dict[str, Any]) -> None:
     records = _consume(run["bootstrap"], run["topics"]["snapshots"], 1)
     records = _consume(run["bootstrap"], run["topics"]["snapshots"], len(records) + 100, timeout=5)
     snaps = [orjson.loads(r.value) for r in records]
+    assert [r.key.decode() for r in records] == [s["key"] for s in snaps]  # the record key is the snapshot's key
     alpha = [s for s in snaps if s["group"] == {"campaign": "alpha"} and s["phase"] == "events"]
     assert alpha == [
         {
+            "key": "10s|1714564800000|events|campaign|alpha",
+            "version": 1,
             "window": "10s",
             "start": "2024-05-01T12:00:00Z",
             "end": "2024-05-01T12:00:10Z",

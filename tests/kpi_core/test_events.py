@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from kpi_core.errors import InvalidEvent
-from kpi_core.events import MAX_TS_MS, MIN_TS_MS, REASONS, Event, decode, parse_ts, to_json, validate
+from kpi_core.events import MARKER_HEADER, MAX_TS_MS, MIN_TS_MS, REASONS, Event, decode, marker, parse_ts, to_json, validate
 
 TS = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 BASE = {"ts": TS, "campaign": "spring", "channel": "search"}
@@ -342,3 +342,25 @@ def test_a_string_of_exactly_the_maximum_length_is_accepted() -> None:
 
 def test_one_character_over_the_maximum_is_rejected() -> None:
     assert _reject({**CLICK, "utm": "c" * 257}, None).reason == "invalid_value"
+
+
+# -- progress markers ----------------------------------------------------------------
+
+
+def test_a_message_without_the_header_is_not_a_marker() -> None:
+    assert marker(None) is None
+    assert marker([]) is None
+    assert marker([("other", b"1714564800000")]) is None
+
+
+def test_a_marker_carries_its_promised_event_time() -> None:
+    assert marker([("trace", b"x"), (MARKER_HEADER, b"1714564800000")]) == 1_714_564_800_000
+    assert marker([(MARKER_HEADER, b" 1714564800000 ")]) == 1_714_564_800_000
+
+
+@pytest.mark.parametrize("value", [b"", None, b"soon", b"-5", b"1714564800.5", b"1714564800", b"99999999999999"])
+def test_a_malformed_marker_is_rejected_as_a_bad_timestamp(value: bytes | None) -> None:
+    with pytest.raises(InvalidEvent) as err:
+        marker([(MARKER_HEADER, value)])
+    assert err.value.reason == "bad_timestamp"
+    assert MARKER_HEADER in err.value.detail

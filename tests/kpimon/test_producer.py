@@ -12,8 +12,9 @@ from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 
 from kpi_core.config import Topics
+from kpi_core.events import marker
 from kpimon import producer as producer_mod
-from kpimon.producer import InputFileError, ProduceError, message_key, produce_file, read_events
+from kpimon.producer import InputFileError, ProduceError, last_event_time, message_key, produce_file, read_events, send_markers
 
 TOPIC_FOR = {etype: topic for topic, etype in Topics().sources.items()}
 
@@ -241,3 +242,28 @@ def test_produce_file_against_kafka(tmp_path: Path, kafka_bootstrap: str, unique
     stamps = {r.value: r.timestamp for r in records}
     assert (stamps[lines[0]], stamps[lines[1]]) == (now - 60_000, now - 59_000)
     assert abs(stamps[lines[2]] - now) < 60_000  # no event time: the producer stamped it on sending
+
+
+def test_progress_markers_go_to_every_partition_of_every_topic(tmp_path: Path, kafka_bootstrap: str, unique_prefix: str) -> None:
+    names = [f"{unique_prefix}-m1", f"{unique_prefix}-m2"]
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1) for name in names])
+    finally:
+        admin.close()
+    assert send_markers(kafka_bootstrap, names, 1_714_564_860_000) == 6
+    records = consume(kafka_bootstrap, names, 6, f"{unique_prefix}-g")
+    assert sorted((r.topic, r.partition) for r in records) == sorted((n, p) for n in names for p in range(3))
+    assert {(r.value, tuple(r.headers)) for r in records} == {(b"", (("kpimon-watermark", b"1714564860000"),))}
+    assert {marker(r.headers) for r in records} == {1_714_564_860_000}
+
+
+def test_progress_markers_to_a_missing_topic_are_a_clear_error(kafka_bootstrap: str, unique_prefix: str) -> None:
+    with pytest.raises(ProduceError, match=f"{unique_prefix}-nope does not exist"):
+        send_markers(kafka_bootstrap, [f"{unique_prefix}-nope"], 1_714_564_860_000)
+
+
+def test_last_event_time_is_the_largest_valid_ts(tmp_path: Path) -> None:
+    path = _write(tmp_path, "e.jsonl", b'{"ts": 1714564800500}\n{"ts": "2024-05-01T12:00:02Z"}\n{"ts": "not a time"}\n{"ts": 1714564801000}')
+    assert last_event_time(path) == 1_714_564_802_000
+    assert last_event_time(_write(tmp_path, "none.jsonl", b'{"ts": "x"}')) is None

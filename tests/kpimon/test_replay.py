@@ -184,3 +184,20 @@ def test_check_config_accepts_the_default(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["check-config", str(Path(__file__).resolve().parents[2] / "kpi_core" / "default.yaml")])
     assert result.exit_code == 0, result.output
     assert "35 KPIs" in result.output
+
+
+def test_late_events_are_reported_not_silently_dropped(tmp_path: Path) -> None:
+    # Two hours of clicks, then the ad platform's spend report for the first hour: in file
+    # order the report is far behind the event time already read, so it cannot count.
+    config = tmp_path / "kpimon.yaml"
+    config.write_text(
+        "windows: [{size: 1h}]\nallowed_lateness: 10s\n"
+        "measures: {clicks: {event: click}, spend: {event: spend, sum: amount}}\n"
+        "kpis: {cpc: {ratio: [spend, clicks], unit: currency, direction: lower}}\n"
+    )
+    clicks = [{"type": "click", "ts": T + i * 600, "cost": 0.0} for i in range(12_000)]  # more than one replay batch
+    result = CliRunner().invoke(cli, ["replay", str(_write(tmp_path, [*clicks, _spend(30.0, T + 1_000)])), "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    rows = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["late"] for r in rows if "late" in r] == [{"type": "spend", "ts": T + 1_000, "campaign": "spring", "channel": "email", "amount": 30.0}]
+    assert "late events not counted" in result.stderr and "spend=1" in result.stderr

@@ -91,6 +91,18 @@ def close(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]], pa
     close_input(bootstrap, prefix, last - last % WINDOW + 2 * WINDOW, partitions)
 
 
+def close_with_kcat(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]], partitions: int = 4) -> None:
+    """As ``close``, with kcat: a null-valued message with the ``kpimon-watermark`` header per partition."""
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is installed by scripts/bootstrap.sh"
+    last = max(e["ts"] for _, e in evs)
+    ts = last - last % WINDOW + 2 * WINDOW
+    for topic in sorted(set(TOPIC_OF.values())):
+        for partition in range(partitions):
+            subprocess.run([kcat, "-P", "-b", bootstrap, "-t", f"{prefix}-{topic}", "-p", str(partition), "-Z",
+                            "-H", f"kpimon-watermark={ts}"], input=b"\n", check=True, capture_output=True)
+
+
 #: Hostile lines for kcat (key|value): each must be dead-lettered, none may stop anything.
 HOSTILE = [b"not json at all", b'{"ts": "yesterday", "campaign": "x", "channel": "y"}', b"[1, 2, 3]",
            b'{"campaign": "no-ts", "channel": "email"}', b'{"ts": 1714564800000, "campaign": "", "channel": "email"}']

@@ -68,11 +68,16 @@ def topic_names(prefix: str) -> dict[str, Any]:
 class Worker:
     """``kpimon worker`` in a subprocess, with its own app id, topics, port and data dir."""
 
-    def __init__(self, config: dict[str, Any], *, bootstrap: str, app_id: str, tmp: Path, env: dict[str, str] | None = None) -> None:
-        self.port = config.setdefault("metrics_port", free_port())
+    def __init__(self, config: dict[str, Any], *, bootstrap: str, app_id: str, tmp: Path, env: dict[str, str] | None = None,
+                 config_path: Path | None = None) -> None:
+        if env and "KPIMON_METRICS_PORT" in env:
+            self.port = int(env["KPIMON_METRICS_PORT"])  # config files may be shared by several workers
+        else:
+            self.port = config.setdefault("metrics_port", free_port())
         self.config = config
-        self.config_path = tmp / f"{app_id}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.config_path = config_path or tmp / f"{app_id}.yaml"
+        if config_path is None or not config_path.exists():
+            self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp / f"{app_id}.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("SLACK_")},
