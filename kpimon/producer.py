@@ -10,7 +10,7 @@ import csv
 import re
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import orjson
 from kafka import KafkaProducer
@@ -221,22 +221,34 @@ def produce_file(
     path = Path(path)
     for line, obj, _ in _records(path):  # a first pass, so a bad line sends nothing at all
         _route(obj, topics, default_topic, path, line)
-    producer = connect(bootstrap, acks="all", security=security)
-    tracker = DeliveryTracker()
     counts: dict[str, int] = {}
-    try:
+
+    def send(producer: KafkaProducer, tracker: DeliveryTracker) -> int:
         for line, obj, value in _records(path):
             topic = _route(obj, topics, default_topic, path, line)
             tracker.watch(producer.send(topic, value=value, key=message_key(obj), timestamp_ms=_timestamp(obj)))
             counts[topic] = counts.get(topic, 0) + 1
+        return sum(counts.values())
+
+    _send_all(bootstrap, security, f"events from {path}", send)
+    return counts
+
+
+def _send_all(bootstrap: str, security: KafkaSecurity | None, what: str,
+              send: Callable[[KafkaProducer, DeliveryTracker], int], *, max_block_ms: int = 60_000) -> int:
+    """Run ``send`` with a producer, wait for every delivery; ProduceError naming ``what`` if any failed."""
+    producer = connect(bootstrap, acks="all", security=security, max_block_ms=max_block_ms)
+    tracker = DeliveryTracker()
+    try:
+        n = send(producer, tracker)
         producer.flush()
     except KafkaError as exc:
-        raise ProduceError(f"sending {path} to Kafka at {bootstrap} failed: {exc}") from None
+        raise ProduceError(f"sending {what} to Kafka at {bootstrap} failed: {exc}") from None
     finally:
         producer.close()
     if tracker.failed:
-        raise ProduceError(f"{tracker.failed} of {sum(counts.values())} events from {path} were not delivered: {tracker.first_error}")
-    return counts
+        raise ProduceError(f"{tracker.failed} of {n} {what} were not delivered: {tracker.first_error}")
+    return n
 
 
 def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: KafkaSecurity | None = None) -> int:
@@ -245,10 +257,8 @@ def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: Ka
     A marker (header ``kpimon-watermark``, docs/events.md) promises that no older event
     follows on its partition, so a finished backfill's last windows can close.
     """
-    producer = connect(bootstrap, acks="all", security=security, max_block_ms=5_000)
-    tracker = DeliveryTracker()
-    sent = 0
-    try:
+    def send(producer: KafkaProducer, tracker: DeliveryTracker) -> int:
+        sent = 0
         for topic in topics:
             try:
                 partitions = producer.partitions_for(topic)
@@ -260,14 +270,9 @@ def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: Ka
                 headers = [(MARKER_HEADER, str(ts).encode())]
                 tracker.watch(producer.send(topic, value=b"", partition=partition, headers=headers, timestamp_ms=ts))
                 sent += 1
-        producer.flush()
-    except KafkaError as exc:
-        raise ProduceError(f"sending progress markers to Kafka at {bootstrap} failed: {exc}") from None
-    finally:
-        producer.close()
-    if tracker.failed:
-        raise ProduceError(f"{tracker.failed} of {sent} progress markers were not delivered: {tracker.first_error}")
-    return sent
+        return sent
+
+    return _send_all(bootstrap, security, "progress markers", send, max_block_ms=5_000)
 
 
 def last_event_time(path: Path) -> int | None:

@@ -99,8 +99,9 @@ def close_with_kcat(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, 
     ts = last - last % WINDOW + 2 * WINDOW
     for topic in sorted(set(TOPIC_OF.values())):
         for partition in range(partitions):
-            subprocess.run([kcat, "-P", "-b", bootstrap, "-t", f"{prefix}-{topic}", "-p", str(partition), "-Z",
-                            "-H", f"kpimon-watermark={ts}"], input=b"\n", check=True, capture_output=True)
+            # kcat skips empty lines; "key|" with -Z is a message with a null value.
+            subprocess.run([kcat, "-P", "-b", bootstrap, "-t", f"{prefix}-{topic}", "-p", str(partition), "-K", "|", "-Z",
+                            "-H", f"kpimon-watermark={ts}"], input=b"marker|\n", check=True, capture_output=True)
 
 
 #: Hostile lines for kcat (key|value): each must be dead-lettered, none may stop anything.

@@ -16,6 +16,8 @@ import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from kpi_core.config import Topics
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,15 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-SOURCES = {
-    "ad-impressions": "impression",
-    "ad-clicks": "click",
-    "page-views": "pageview",
-    "leads": "lead",
-    "orders": "order",
-    "ad-spend": "spend",
-    "surveys": "survey",
-}
+#: The default source topics (short names) and the event type each implies.
+SOURCES = Topics().sources
+
 
 def close_input(bootstrap: str, prefix: str, ts: int, partitions: int) -> None:
     """A progress marker at ``ts`` (docs/events.md) in every partition of every source topic.
