@@ -295,7 +295,8 @@ class PartitionAggregator:
     def _value(self, parts: tuple[Any, ...]) -> Any:
         kind = parts[0]
         if kind == "w":
-            return {"latest": self.watermark.latest, "horizon": self.horizon, "applied": self.applied}
+            return {"latest": self.watermark.latest, "horizon": self.horizon, "applied": self.applied,
+                    "live": self.watermark.live_sources()}
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
@@ -314,6 +315,8 @@ class PartitionAggregator:
             self.horizon = max(self.horizon, value["horizon"])
             for src, off in value.get("applied", {}).items():
                 self.applied[src] = max(off, self.applied.get(src, -1))
+            for src in value.get("live", []):
+                self.watermark.restore_live(src)
         elif kind == "c":
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])

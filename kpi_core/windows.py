@@ -17,6 +17,10 @@ def window_starts(ts: int, size: int, step: int) -> range:
 #: (streams/router.py); a report older than this means the router is stalled,
 #: busy or dead, and nothing it said about backlogs still holds.
 ROUTER_SILENCE_MS = 2_000
+#: A report sent (by the router's clock) longer ago than this, plus the silence, is
+#: not believed even when it has just been read: stage 1 is far behind its input.
+#: Generous, so hosts' clocks may disagree by that much without stalling anything.
+MAX_REPORT_AGE_MS = 30_000
 
 
 class Watermark:
@@ -42,10 +46,14 @@ class Watermark:
       is assumed to advance with the wall clock once all have been quiet for
       ``idle_ms``, so a silent live stream still closes its windows.
 
-    "No backlog" is only believed from a router report at most ``ROUTER_SILENCE_MS``
-    old, by the router's own clock when it sent it: a router that stops reporting
-    (stalled, busy or killed) makes its sources hold from then on, and a stage that
-    is itself behind reading the reports does not act on stale ones.
+    "No backlog" is only believed from a router report read at most
+    ``ROUTER_SILENCE_MS`` ago: a router that stops reporting (stalled, busy or
+    killed) makes its sources hold from then on. A report the router sent more than
+    ``MAX_REPORT_AGE_MS`` before it was read is not believed at all.
+
+    Whether a source is live survives a restart (``live_sources`` is stored with the
+    state), so a quiet live source does not turn into a historical one, holding
+    everything, after every rebalance.
     Without a wall clock (``now=None``, as in replay) every source counts.
     """
 
@@ -68,12 +76,25 @@ class Watermark:
 
     def report(self, now: float, sources: set[str], backlog: set[str], sent_at: float | None = None) -> None:
         """A router's word on the sources it reads, sent at ``sent_at``: which still have messages to read."""
-        heard = now if sent_at is None else min(now, sent_at)
+        fresh = sent_at is None or now - sent_at <= self.silence_ms + MAX_REPORT_AGE_MS
         for src in sources:
-            if heard >= self.heard_at.get(src, -1.0):
-                self.heard_at[src] = heard
+            if fresh:
+                self.heard_at[src] = now
             self.seen_at.setdefault(src, now)  # e.g. restored from storage: idle only from now on
-        self.backlog = (self.backlog - sources) | backlog
+        if fresh:
+            self.backlog = (self.backlog - sources) | backlog
+        else:
+            self.backlog |= sources  # an old report vouches for nothing
+
+    def live_sources(self) -> list[str]:
+        """Sources whose latest event arrived live (stored, so a restart keeps the judgement)."""
+        return sorted(src for src, ts in self.latest.items() if self._live(src, ts, self.idle_ms))
+
+    def restore_live(self, source: str) -> None:
+        """Mark a restored source as having arrived live: as if seen when it was stamped."""
+        ts = self.latest.get(source, -1)
+        if ts >= 0:
+            self.seen_at.setdefault(source, float(ts))
 
     def _live(self, src: str, ts: int, idle: int) -> bool:
         """Its latest event reached us within ``idle_ms`` of its own event time."""

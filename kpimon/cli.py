@@ -142,10 +142,12 @@ def produce(
         out.print(f"{topic}: {n}")
     last = last_event_time(file)
     if complete and last is not None:
-        # Past the end of the last event's largest window, its lateness and its sessions phase.
+        # Past the end of the last event's largest window, its lateness and its sessions phase,
+        # but never past now: live events may follow a recent file, and must not be late.
         settle = max(w.size for w in cfg.windows) + cfg.allowed_lateness + cfg.session_timeout
-        n = send_markers(_bootstrap(), cfg.topics.sources, last + settle)
-        out.print(f"progress markers: {n} (every source partition is complete up to {last + settle} ms)")
+        ts = min(last + settle, int(time.time() * 1000))
+        n = send_markers(_bootstrap(), cfg.topics.sources, ts)
+        out.print(f"progress markers: {n} (every source partition is complete up to {ts} ms)")
 
 
 @cli.command()

@@ -25,7 +25,7 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
@@ -41,7 +41,7 @@ from kpi_core.state import Change
 from kpi_core.incidents import AlertEvent
 from streams import web, wire
 from streams.metrics import Metrics
-from streams.ordered import GapReader
+from streams.ordered import GapReader, sequence
 from streams.router import Router, partition_of
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
@@ -111,6 +111,9 @@ class Pipeline:
         # Stage 2's combiner and alert-engine state share one table, so one changelog
         # partition keeps the order of a step's writes (its input position last).
         self.stage2_table = self._table("stage2")
+        # Where the alert-engine state lived before it joined stage2: read once on restore,
+        # so an upgraded worker keeps its incidents and thread sequence numbers.
+        self.legacy_incidents = self._table("incidents")
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
         self.stage1: dict[int, PartitionAggregator] = {}
         self.stage2: dict[int, Combiner] = {}
@@ -174,15 +177,33 @@ class Pipeline:
             self.positions[(self.settings.events_topic, p)] = _restore(self.stage1_table, p, {"": agg.load})
         return agg
 
-    async def _in_order(self, topic: str, p: int, delivered: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-        """What to apply for messages Faust delivered: repeats dropped, skipped ones read back (streams/ordered.py)."""
+    async def _in_order(self, topic: str, p: int, delivered: list[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
+        """What to apply for messages Faust delivered, in chunks: repeats dropped, skipped ones read back.
+
+        The in-memory position moves only once every chunk was handed out (streams/ordered.py).
+        """
         key = (topic, p)
         reader = self.gaps[topic]
+        position = self.positions.get(key)
         before = reader.filled
-        todo, self.positions[key] = await reader.complete(p, self.positions.get(key), delivered)
+        async for chunk in reader.complete(p, position, delivered):
+            yield chunk
+        self.positions[key] = sequence(position, delivered)[2]
         if reader.filled > before:
             self.metrics.refilled.labels(topic).inc(reader.filled - before)
-        return todo
+
+    def _forget(self, topic: str, p: int) -> None:
+        """Drop a partition's in-memory stage state, so it is reloaded from its table.
+
+        After a step failed half-way, the memory may be ahead of what was stored; the
+        table and the input position stored with it are what the retry must start from.
+        """
+        self.positions.pop((topic, p), None)
+        if topic == self.settings.events_topic:
+            self.stage1.pop(p, None)
+        elif topic == self.settings.partials_topic:
+            self.stage2.pop(p, None)
+            self.engines.pop(p, None)
 
     async def _aggregate(self, stream: Any) -> None:
         # Several router bundles per step: state is written once per dirty cell per step,
@@ -195,25 +216,36 @@ class Pipeline:
                 by_partition[event.message.partition].append((event.message.offset, event.message.value))
             for p, delivered in by_partition.items():
                 async with self.locks[p]:
-                    agg = self._stage1(p)
-                    bundles = await self._in_order(topic, p, delivered)
-                    if not bundles:
-                        continue  # all applied before: a redelivery
-                    now = time.time() * 1000
-                    late: list[Any] = []
-                    for _, raw in bundles:
-                        watermarks, backlog, sent_at, events = wire.decode_events(raw)
-                        late += agg.apply(events)
-                        agg.report(watermarks, backlog, now, sent_at)
-                    # Late records go out before the state that marks them applied
-                    # (a crash in between reports them again rather than never).
-                    for src, off, etype, ts, data in late:
-                        self.metrics.late.inc()
-                        await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
-                    await self._close_stage1(p, agg, now)
-                    _persist_position(self.stage1_table, p, self.positions[(topic, p)])
+                    try:
+                        await self._stage1_step(p, delivered)
+                    except BaseException:
+                        self._forget(topic, p)
+                        raise
 
-    async def _close_stage1(self, p: int, agg: PartitionAggregator, now: float) -> None:
+    async def _stage1_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
+        topic = self.settings.events_topic
+        agg = self._stage1(p)
+        now = time.time() * 1000
+        late: list[Any] = []
+        applied = False
+        async for chunk in self._in_order(topic, p, delivered):
+            applied = True
+            for _, raw in chunk:
+                watermarks, backlog, sent_at, events = wire.decode_events(raw)
+                late += agg.apply(events)
+                agg.report(watermarks, backlog, now, sent_at)
+        if not applied:
+            return  # all applied before: a redelivery
+        # Late records go out before the state that marks them applied
+        # (a crash in between reports them again rather than never).
+        for src, off, etype, ts, data in late:
+            self.metrics.late.inc()
+            await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
+        if await self._close_stage1(p, agg, now):
+            _persist_position(self.stage1_table, p, self.positions[(topic, p)])
+
+    async def _close_stage1(self, p: int, agg: PartitionAggregator, now: float) -> bool:
+        """Close what the watermark allows; False if the partition was revoked meanwhile (nothing stored)."""
         partials = agg.advance(now)
         if partials is not None:
             by_target: dict[int, list[Any]] = defaultdict(list)
@@ -227,8 +259,9 @@ class Pipeline:
             ]
             await asyncio.gather(*futures)
         if self.stage1.get(p) is not agg:
-            return  # revoked while the partials were sent: the new owner writes this partition now
+            return False  # revoked while the partials were sent: the new owner writes this partition now
         _persist(self.stage1_table, p, agg.changes())
+        return True
 
     def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
         # Every breakdown that includes the campaign lands with the campaign, so a
@@ -245,7 +278,10 @@ class Pipeline:
         if comb is None:
             comb = self.stage2[p] = Combiner(self.plan, sources=self.partitions)
             engine = self.engines[p] = AlertEngine(self.plan)
-            self.positions[(self.settings.partials_topic, p)] = _restore(self.stage2_table, p, {"c": comb.load, "a": engine.load})
+            _restore(self.legacy_incidents, p, {"": engine.load})
+            # "" : combiner keys stored before the namespaces existed.
+            self.positions[(self.settings.partials_topic, p)] = _restore(
+                self.stage2_table, p, {"c": comb.load, "a": engine.load, "": comb.load})
             for (kpi, wi, bi, group), _ in engine.firing().items():
                 dims = self.plan.breakdowns[bi]
                 self.metrics.kpis.set_firing(kpi, self.plan.windows[wi].name, dims, dict(zip(dims, group)))
@@ -255,8 +291,17 @@ class Pipeline:
         topic = self.settings.partials_topic
         async for event in stream.events():
             p = event.message.partition
-            comb, engine = self._stage2(p)
-            for _, raw in await self._in_order(topic, p, [(event.message.offset, event.message.value)]):
+            try:
+                await self._stage2_step(p, [(event.message.offset, event.message.value)])
+            except BaseException:
+                self._forget(topic, p)
+                raise
+
+    async def _stage2_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
+        topic = self.settings.partials_topic
+        comb, engine = self._stage2(p)
+        async for chunk in self._in_order(topic, p, delivered):
+            for _, raw in chunk:
                 source, horizon, partials = wire.decode_partials(self.plan, raw)
                 comb.receive(source, horizon, partials)
                 for closed in comb.finalize_windows():
@@ -268,11 +313,13 @@ class Pipeline:
                         fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
                         await fut
                         self.metrics.record_alert(alert)
-            # Stored after the outbox write: a crash in between re-evaluates to the same
-            # events (same sequence numbers), which delivery then skips as duplicates.
-            _persist(self.stage2_table, p, comb.changes(), "c")
-            _persist(self.stage2_table, p, engine.changes(), "a")
-            _persist_position(self.stage2_table, p, self.positions[(topic, p)])
+        # Stored after the outbox write: a crash in between re-evaluates to the same
+        # events (same sequence numbers), which delivery then skips as duplicates. The
+        # engine's state goes first: if a crash cuts the step after it, the window is
+        # finalized again and the engine, which remembers it evaluated it, skips it.
+        _persist(self.stage2_table, p, engine.changes(), "a")
+        _persist(self.stage2_table, p, comb.changes(), "c")
+        _persist_position(self.stage2_table, p, self.positions[(topic, p)])
 
     # -- 4. deliver ------------------------------------------------------------
 
@@ -287,8 +334,13 @@ class Pipeline:
             if (topic, p) not in self.positions:
                 raw = self.delivery_table.get(key)
                 self.positions[(topic, p)] = orjson.loads(raw) if raw else None
-            for _, value in await self._in_order(topic, p, [(event.message.offset, event.message.value)]):
-                await self._deliver_one(AlertEvent.from_json(orjson.loads(value)))
+            try:
+                async for chunk in self._in_order(topic, p, [(event.message.offset, event.message.value)]):
+                    for _, value in chunk:
+                        await self._deliver_one(AlertEvent.from_json(orjson.loads(value)))
+            except BaseException:
+                self._forget(topic, p)
+                raise
             self.delivery_table[key] = orjson.dumps(self.positions[(topic, p)])
 
     async def _deliver_one(self, alert: AlertEvent) -> None:

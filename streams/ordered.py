@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -61,57 +61,75 @@ def sequence(position: int | None, messages: Iterable[Message]) -> tuple[list[Me
 class GapReader:
     """Reads offset ranges of one topic's partitions directly, for the messages a stream skipped."""
 
-    def __init__(self, topic: str, bootstrap: str, security: KafkaSecurity, *, timeout_s: float = 60.0) -> None:
+    def __init__(self, topic: str, bootstrap: str, security: KafkaSecurity, *, timeout_s: float = 60.0, chunk: int = 5_000) -> None:
         self.topic = topic
         self.bootstrap = bootstrap
         self.security = security
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # without any progress for this long, reading back fails
+        self.chunk = chunk  # a large gap is handed out in pieces of this many messages
         self.filled = 0  # messages read back so far (exported as a metric)
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
-    async def complete(self, partition: int, position: int | None, messages: Iterable[Message]) -> tuple[list[Message], int | None]:
-        """The messages to apply for a delivered batch, the skipped ones read back in place; and the new position."""
-        apply, gaps, new_position = sequence(position, messages)
-        if not gaps:
-            return apply, new_position
-        out: list[Message] = []
+    async def complete(self, partition: int, position: int | None, messages: Iterable[Message]) -> AsyncIterator[list[Message]]:
+        """The messages to apply for a delivered batch, in order and in chunks, the skipped ones read back in place.
+
+        The new position is ``sequence(position, messages)[2]``, once every chunk was applied.
+        """
+        apply, gaps, _ = sequence(position, messages)
         pending = list(gaps)
+        run: list[Message] = []
         for offset, value in apply:
             while pending and pending[0][1] == offset:
+                if run:
+                    yield run
+                    run = []
                 start, stop = pending.pop(0)
-                missed = await self.read(partition, start, stop)
+                n = 0
+                async for missed in self.read(partition, start, stop):
+                    n += len(missed)
+                    self.filled += len(missed)
+                    yield missed
                 log.warning("%s:%d: the stream skipped offsets %d..%d; read %d of them back from Kafka and applied them in order",
-                            self.topic, partition, start, stop - 1, len(missed))
-                self.filled += len(missed)
-                out += missed
-            out.append((offset, value))
-        return out, new_position
+                            self.topic, partition, start, stop - 1, n)
+            run.append((offset, value))
+        if run:
+            yield run
 
-    async def read(self, partition: int, start: int, stop: int) -> list[Message]:
-        """Every message with ``start <= offset < stop`` still in the log, in order."""
+    async def read(self, partition: int, start: int, stop: int) -> AsyncIterator[list[Message]]:
+        """Every message with ``start <= offset < stop`` still in the log, in order, in chunks."""
         async with self._lock:
             consumer = await self._ensure()
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])
             consumer.seek(tp, start)
-            out: list[Message] = []
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout_s
+            out: list[Message] = []
             while True:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for record in batch.get(tp, []):
+                batch = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=500, max_records=self.chunk), self.timeout_s)
+                records = batch.get(tp, [])
+                if records:
+                    deadline = loop.time() + self.timeout_s
+                for record in records:
                     if record.offset >= stop:
-                        return out
+                        break
                     out.append((record.offset, record.value))
-                    if record.offset == stop - 1:
-                        return out
-                position = await consumer.position(tp)
+                    if len(out) >= self.chunk:
+                        yield out
+                        out = []
+                if records and records[-1].offset >= stop - 1:
+                    if out:
+                        yield out
+                    return
+                # aiokafka's position() waits, unbounded, for a pending offset reset (e.g. while the broker is away)
+                position = await asyncio.wait_for(consumer.position(tp), self.timeout_s)
                 if position >= stop:
-                    return out  # the rest was deleted by retention, or compacted away
+                    if out:
+                        yield out
+                    return  # the rest was deleted by retention, or compacted away
                 if loop.time() > deadline:
-                    raise TimeoutError(f"could not read {self.topic}:{partition} offsets {start}..{stop - 1} within {self.timeout_s:.0f}s")
-
+                    raise TimeoutError(f"could not read {self.topic}:{partition} offsets {start}..{stop - 1}: no progress for {self.timeout_s:.0f}s")
     async def _ensure(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(

@@ -111,22 +111,34 @@ def test_a_router_that_stops_reporting_makes_its_sources_hold_from_then_on() -> 
     assert wm.current(NOW + 2_001) == int(NOW) - 1_500
 
 
-def test_a_stale_report_is_judged_by_when_it_was_sent() -> None:
-    # Stage 1 reading its input 5 s behind: a "no backlog" sent 5 s ago says nothing about now.
+def test_a_report_read_long_after_it_was_sent_vouches_for_nothing() -> None:
+    # Stage 1 reading its input 40 s behind: a "no backlog" sent then says nothing about now.
     wm = Watermark(idle_ms=2_000, silence_ms=2_000)
     for src, ts in {"orders": int(NOW) - 1_500, "views": int(NOW) - 1_100}.items():
         wm.observe(src, ts, NOW)
-    wm.report(NOW, {"orders", "views"}, set(), sent_at=NOW - 5_000)
+    wm.report(NOW, {"orders", "views"}, set(), sent_at=NOW - 40_000)
     assert wm.current(NOW) == int(NOW) - 1_500
-    wm.report(NOW + 10, {"orders", "views"}, set(), sent_at=NOW + 10)  # a fresh report: both live, caught up
+    # a few seconds behind (or a router clock a few seconds off) is still believed
+    wm.report(NOW + 10, {"orders", "views"}, set(), sent_at=NOW - 5_000)
     assert wm.current(NOW + 10) == int(NOW) - 1_100
 
 
-def test_a_report_from_the_future_counts_as_sent_now() -> None:
+def test_an_old_report_cannot_clear_a_backlog() -> None:
+    wm = Watermark(idle_ms=2_000, silence_ms=2_000)
+    for src, ts in {"orders": int(NOW) - 1_500, "views": int(NOW) - 1_100}.items():
+        wm.observe(src, ts, NOW)
+    wm.report(NOW, {"orders", "views"}, {"orders"}, sent_at=NOW)
+    wm.report(NOW + 1, {"orders", "views"}, set(), sent_at=NOW - 60_000)  # a stale "no backlog"
+    assert wm.current(NOW + 1) == int(NOW) - 1_500
+
+
+def test_a_report_is_trusted_for_silence_ms_from_when_it_was_read() -> None:
     wm = Watermark(idle_ms=2_000, silence_ms=2_000)
     wm.observe("views", int(NOW) - 100, NOW)
-    wm.report(NOW, {"views"}, set(), sent_at=NOW + 60_000)  # the router's clock is a minute ahead
-    assert wm.current(NOW + 2_001) == int(NOW) - 100  # trusted for silence_ms from now, not from its stamp
+    wm.observe("orders", int(NOW) - 3_000, NOW - 2_000)
+    wm.report(NOW, {"views", "orders"}, set(), sent_at=NOW + 60_000)  # the router's clock is a minute ahead
+    assert wm.current(NOW + 2_000) == int(NOW) - 100
+    assert wm.current(NOW + 2_001) == int(NOW) - 3_000  # from silence_ms after reading it, both hold
 
 
 def test_an_idle_live_source_that_progresses_again_holds_the_watermark_again() -> None:
@@ -181,6 +193,17 @@ def test_restored_sources_hold_until_heard() -> None:
     _report(wm, NOW, {"a": -1, "b": -1})  # the new router reports them caught up
     # restored times are judged live against when they were first heard of again
     assert wm.current(NOW) == int(NOW) - 2
+
+
+def test_a_restored_live_source_stays_live() -> None:
+    # After a rebalance the state is reloaded: a quiet live source must not turn historical.
+    wm = Watermark(idle_ms=2_000)
+    wm.observe("orders", int(NOW) - 60_000, None)  # last order a minute ago, live when it came
+    wm.observe("views", int(NOW) - 100, None)
+    wm.restore_live("orders")
+    wm.restore_live("views")
+    _report(wm, NOW, {"orders": -1, "views": -1})
+    assert wm.current(NOW) == int(NOW) - 100  # nobody holds: quiet for less than idle_ms since views' last event
 
 
 def test_restored_historical_sources_keep_holding_when_heard() -> None:

@@ -75,19 +75,22 @@ def topic(kafka_bootstrap: str) -> str:
 
 
 def test_the_reader_reads_exactly_the_skipped_range_from_the_broker(kafka_bootstrap: str, topic: str) -> None:
-    async def go() -> tuple[list, list, int | None, list]:
-        reader = GapReader(topic, kafka_bootstrap, KafkaSecurity())
+    async def chunks(it) -> list:  # noqa: ANN001 - an async iterator of chunks
+        return [c async for c in it]
+
+    async def go() -> tuple[list, list, list, list]:
+        reader = GapReader(topic, kafka_bootstrap, KafkaSecurity(), chunk=3)
         try:
-            middle = await reader.read(1, 3, 7)
+            middle = await chunks(reader.read(1, 3, 8))
             # Faust delivered 2, then 5 and 6: 3 and 4 were skipped and are read back in place
-            applied, position = await reader.complete(1, 2, _msgs(2, 5, 6))
-            tail = await reader.read(1, 11, 13)
-            return middle, applied, position, tail
+            applied = await chunks(reader.complete(1, 2, _msgs(2, 5, 6)))
+            tail = await chunks(reader.read(1, 11, 13))
+            return middle, applied, tail, [reader.filled]
         finally:
             await reader.stop()
 
-    middle, applied, position, tail = asyncio.run(go())
-    assert middle == _msgs(3, 4, 5, 6)
-    assert applied == _msgs(2, 3, 4, 5, 6)
-    assert position == 7
-    assert tail == [(11, b"m11"), (12, None)]
+    middle, applied, tail, filled = asyncio.run(go())
+    assert middle == [_msgs(3, 4, 5), _msgs(6, 7)]  # in chunks of at most 3
+    assert applied == [_msgs(2), _msgs(3, 4), _msgs(5, 6)]  # what came before the gap is applied before it
+    assert tail == [[(11, b"m11"), (12, None)]]
+    assert filled == [2]
