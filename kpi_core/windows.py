@@ -110,6 +110,13 @@ class Watermark:
             return now - self.seen_at.get(src, now) <= self.idle_ms
         return not self._live(src, ts, self.idle_ms)
 
+    def holders(self, now: float | None) -> set[str]:
+        """The sources holding the watermark where it is (empty when event time follows the clock)."""
+        wm = self.current(now)
+        if wm is None:
+            return set()
+        return {src for src, ts in self.latest.items() if ts == wm and (now is None or self.holds(src, now))}
+
     def current(self, now: float | None) -> int | None:
         """The watermark in epoch ms, or None before any event was seen."""
         if not self.latest:

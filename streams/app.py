@@ -261,6 +261,7 @@ class Pipeline:
         if self.stage1.get(p) is not agg:
             return False  # revoked while the partials were sent: the new owner writes this partition now
         _persist(self.stage1_table, p, agg.changes())
+        self.metrics.record_watermark(p, agg.watermark.current(now), agg.watermark.holders(now))
         return True
 
     def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
@@ -444,6 +445,7 @@ class Pipeline:
             if tp.topic == self.settings.events_topic:
                 async with self.locks[tp.partition]:  # a close-timer step in flight finishes first
                     self.stage1.pop(tp.partition, None)
+                self.metrics.forget_watermark(tp.partition)
             elif tp.topic == self.settings.partials_topic:
                 self.stage2.pop(tp.partition, None)
                 self.engines.pop(tp.partition, None)

@@ -145,12 +145,39 @@ class Metrics:
         self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
         self.alerts = Counter("kpimon_alerts", "Alert deliveries, by outcome", ["outcome"], registry=r)
         self.alert_events = Counter("kpimon_alert_events", "Alert events written to the outbox, by kind", ["kind"], registry=r)
+        self.source_time = Gauge("kpimon_source_event_time_seconds",
+                                 "Latest event time routed from each source partition (or promised by a progress marker)",
+                                 ["topic", "partition"], registry=r)
+        self.watermark = Gauge("kpimon_watermark_seconds", "Stage 1's watermark (event time certainly reached), per <app>-events partition",
+                               ["partition"], registry=r)
+        self.held_by = Gauge("kpimon_watermark_held_by", "1 for the source partition holding a stage-1 partition's watermark back",
+                             ["partition", "source"], registry=r)
+        self._holders: dict[int, set[str]] = {}
         self.lag = Gauge("kpimon_consumer_lag", "Messages not yet committed: end offset - committed offset", ["topic", "partition"], registry=r)
         self.started = Gauge("kpimon_worker_start_time_seconds", "When this worker started (unix time)", registry=r)
         self.started.set_to_current_time()
         self.kpis = KpiCollector(plan)
         r.register(self.kpis)
         ProcessCollector(registry=r)
+
+    def record_watermark(self, partition: int, watermark: int | None, holders: set[str]) -> None:
+        """Stage 1's watermark for one partition, and which sources hold it back (e.g. a paused backfill)."""
+        p = str(partition)
+        if watermark is not None:
+            self.watermark.labels(p).set(watermark / 1000)
+        for gone in self._holders.get(partition, set()) - holders:
+            self.held_by.remove(p, gone)
+        for src in holders:
+            self.held_by.labels(p, src).set(1)
+        self._holders[partition] = holders
+
+    def forget_watermark(self, partition: int) -> None:
+        for src in self._holders.pop(partition, set()):
+            self.held_by.remove(str(partition), src)
+        try:
+            self.watermark.remove(str(partition))
+        except KeyError:
+            pass
 
     def record_snapshot(self, snap: Snapshot, owner: int) -> None:
         self.kpis.update(snap, owner)

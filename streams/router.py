@@ -158,6 +158,8 @@ class Router:
                 counts[ev.type] += 1
                 buckets[partition_of(ev.data["campaign"], partitions)].append([source, msg.offset, ev.type, ev.ts, ev.data])
             progress[source] = latest
+            if latest >= 0:
+                self.metrics.source_time.labels(tp.topic, str(tp.partition)).set(latest / 1000)
             offsets[tp] = msgs[-1].offset + 1
         for etype, n in counts.items():
             self.metrics.events.labels(etype).inc(n)

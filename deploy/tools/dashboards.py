@@ -376,6 +376,26 @@ def pipeline_health() -> Json:
             [target(f"max by (topic, partition) ({LAG}{{{inst}}})", "{{topic}}/{{partition}}")],
             description="Committed offset behind the end offset, per topic partition",
         ),
+        row("Event time"),
+        timeseries(
+            "Event-time lag by source",
+            [target(f"time() - max by (topic) (kpimon_source_event_time_seconds{{{inst}}})", "{{topic}}")],
+            unit="s", w=8,
+            description="How far each source's latest event (or progress marker) is behind the wall clock; a backfill or a stalled feed stands out",
+        ),
+        timeseries(
+            "Watermark lag by partition",
+            [target(f"time() - max by (partition) (kpimon_watermark_seconds{{{inst}}})", "events/{{partition}}")],
+            unit="s", w=8,
+            description="Event time every source has certainly reached, behind the wall clock; windows close lateness after it passes their end",
+        ),
+        table(
+            "Sources holding the watermark",
+            [target(f"max by (partition, source) (kpimon_watermark_held_by{{{inst}}})", instant=True, table=True)],
+            w=8,
+            description="Historical data holds windows open while it is quiet (a paused backfill loses nothing); "
+                        "close a finished backfill with kpimon produce --complete (progress markers)",
+        ),
         row("Bad input"),
         timeseries(
             "Late and invalid events/s",

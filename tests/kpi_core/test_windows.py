@@ -235,3 +235,13 @@ def test_a_caught_up_live_source_stops_holding_at_once() -> None:
     assert wm.current(now) == int(now) - 100  # orders is caught up and live: not waited for
     _report(wm, now, {"orders": int(now) - 1_500, "views": int(now) - 100}, backlog=("orders",))
     assert wm.current(now) == int(now) - 1_500  # with a backlog it holds, live or not
+
+
+def test_holders_name_the_sources_at_the_watermark() -> None:
+    wm = Watermark(idle_ms=10)
+    _report(wm, NOW, {"orders:0": OLD + 100, "clicks:0": OLD + 900, "clicks:1": OLD + 100})
+    assert wm.holders(NOW) == {"orders:0", "clicks:1"}
+    assert wm.holders(None) == {"orders:0", "clicks:1"}
+    live = Watermark(idle_ms=2_000)
+    _report(live, NOW, {"views": int(NOW) - 100})
+    assert live.holders(NOW) == set()  # live and caught up: event time follows the clock, nobody holds

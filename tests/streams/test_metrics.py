@@ -56,3 +56,19 @@ def test_forgetting_a_partition_drops_its_series() -> None:
     m = _metrics(top=0)
     m.kpis.forget(0)
     assert _samples(m, "kpimon_kpi_value") == {}
+
+
+def _series(m: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(generate_latest(m.registry).decode()) for s in family.samples if s.name == name}
+
+
+def test_the_watermark_and_its_holders_are_exported_and_replaced() -> None:
+    m = _metrics(top=0)
+    m.record_watermark(1, 1_714_564_800_000, {"orders:0", "clicks:1"})
+    assert _series(m, "kpimon_watermark_seconds") == {(("partition", "1"),): 1_714_564_800.0}
+    assert set(_series(m, "kpimon_watermark_held_by")) == {(("partition", "1"), ("source", "orders:0")), (("partition", "1"), ("source", "clicks:1"))}
+    m.record_watermark(1, 1_714_564_860_000, {"orders:0"})  # clicks:1 moved on: its series goes
+    assert _series(m, "kpimon_watermark_held_by") == {(("partition", "1"), ("source", "orders:0")): 1.0}
+    m.forget_watermark(1)  # partition revoked
+    assert _series(m, "kpimon_watermark_held_by") == {} and _series(m, "kpimon_watermark_seconds") == {}
