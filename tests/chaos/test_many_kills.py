@@ -26,9 +26,9 @@ def _config(prefix: str) -> dict:
 def test_two_workers_killed_many_times_together_and_apart_lose_and_duplicate_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
     rng = random.Random(11)
     prefix = f"many{uuid.uuid4().hex[:6]}"
-    evs = truth.events(150_000, seed=8)
+    evs = truth.events(200_000, seed=8)
     want = truth.truth(evs)
-    preload, stream = evs[:60_000], evs[60_000:]
+    preload, stream = evs[:80_000], evs[80_000:]
     # One config file for both; each worker's port and bind address come from its environment.
     shared = tmp_path / "kpimon.yaml"
     workers = []
@@ -42,14 +42,14 @@ def test_two_workers_killed_many_times_together_and_apart_lose_and_duplicate_not
     b.start()
     hostile = 200
     truth.KcatFeed(kafka_bootstrap, prefix, truth.kcat_lines(preload, hostile=hostile // 2), seconds=0).join()
-    feed = truth.KcatFeed(kafka_bootstrap, prefix, truth.kcat_lines(stream, hostile=hostile - hostile // 2, offset=len(preload)), seconds=40)
-    # Nine kill events 1.5-6 s apart while the stream runs; one of them kills both at the
-    # same moment. Victims restart at once, without waiting: the next kill may hit a worker
-    # that is still restoring its state or in the middle of a rebalance.
-    plan = ["a", "b", "both", "a", "a", "b", "both", "b", "a"]
+    feed = truth.KcatFeed(kafka_bootstrap, prefix, truth.kcat_lines(stream, hostile=hostile - hostile // 2, offset=len(preload)), seconds=50)
+    # Twelve kill events 1.5-4.5 s apart while the stream runs; three of them kill both at
+    # the same moment. Victims restart at once, without waiting: the next kill may hit a
+    # worker that is still restoring its state or in the middle of a rebalance.
+    plan = ["a", "b", "both", "a", "a", "b", "both", "b", "a", "both", "b", "a"]
     try:
         for victim in plan:
-            time.sleep(rng.uniform(1.5, 6.0))
+            time.sleep(rng.uniform(1.5, 4.5))
             targets = [a, b] if victim == "both" else [a if victim == "a" else b]
             for w in targets:
                 w.kill()
