@@ -61,18 +61,24 @@ def test_two_workers_then_one_is_killed_and_the_survivor_takes_over(kafka_bootst
     (tmp_path / "b").mkdir()
     a = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "a")
     b = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / "b")
-    a.start()
-    b.start()
-    _wait_split(a, b)
-    truth.produce(kafka_bootstrap, prefix, evs)
-    truth.close(kafka_bootstrap, prefix, evs)
-    time.sleep(4)
-    b.kill()
     try:
+        # Started together, so they split the partitions in their first rebalance. (A worker
+        # joining a group whose member has already written changelog records has been seen,
+        # once in about 25 such joins, to hang in Faust's recovery: docs/reliability.md.)
+        a.start(wait=False)
+        b.start(wait=False)
+        a.wait_ready(90)
+        b.wait_ready(90)
+        _wait_split(a, b)
+        truth.produce(kafka_bootstrap, prefix, evs)
+        truth.close(kafka_bootstrap, prefix, evs)
+        time.sleep(4)
+        b.kill()
         _wait_all_partitions(a)
         _check(kafka_bootstrap, prefix, want)
     finally:
         a.stop()
+        b.stop()
 
 
 def _wait_split(a: Worker, b: Worker, timeout: float = 60) -> None:
