@@ -35,7 +35,11 @@ def test_a_backfill_that_pauses_loses_nothing_with_or_without_a_kill(kafka_boots
         runs[prefix] = []
         for i in range(n):
             (tmp_path / f"{prefix}{i}").mkdir()
-            runs[prefix].append(Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / f"{prefix}{i}").start())
+            # Started together (see test_many_kills.py), then all waited for.
+            runs[prefix].append(Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path / f"{prefix}{i}").start(wait=False))
+    for workers in runs.values():
+        for w in workers:
+            w.wait_ready(90)
     try:
         for prefix in runs:
             truth.KcatFeed(kafka_bootstrap, prefix, truth.kcat_lines(first), seconds=0).join()
