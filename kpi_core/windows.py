@@ -65,7 +65,7 @@ class Watermark:
         self.latest: dict[str, int] = {}  # source -> largest event time seen
         self.seen_at: dict[str, float] = {}  # source -> wall-clock ms it last progressed
         self.backlog: set[str] = set()  # sources with messages not yet read, as last reported
-        self.heard_at: dict[str, float] = {}  # source -> wall-clock ms its router's last report was sent
+        self.heard_at: dict[str, float] = {}  # source -> wall-clock ms its router's last believed report was read
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
         """A source reports its largest event time so far; -1 means it has delivered nothing yet."""
@@ -110,9 +110,12 @@ class Watermark:
             return now - self.seen_at.get(src, now) <= self.idle_ms
         return not self._live(src, ts, self.idle_ms)
 
-    def holders(self, now: float | None) -> set[str]:
-        """The sources holding the watermark where it is (empty when event time follows the clock)."""
-        wm = self.current(now)
+    def holders(self, now: float | None, wm: int | None = None) -> set[str]:
+        """The sources holding the watermark where it is (empty when event time follows the clock).
+
+        ``wm``: ``current(now)``, when the caller has it already.
+        """
+        wm = self.current(now) if wm is None else wm
         if wm is None:
             return set()
         return {src for src, ts in self.latest.items() if ts == wm and (now is None or self.holds(src, now))}

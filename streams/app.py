@@ -184,11 +184,11 @@ class Pipeline:
         """
         key = (topic, p)
         reader = self.gaps[topic]
-        position = self.positions.get(key)
+        apply, gaps, position = sequence(self.positions.get(key), delivered)
         before = reader.filled
-        async for chunk in reader.complete(p, position, delivered):
+        async for chunk in reader.complete(p, apply, gaps):
             yield chunk
-        self.positions[key] = sequence(position, delivered)[2]
+        self.positions[key] = position
         if reader.filled > before:
             self.metrics.refilled.labels(topic).inc(reader.filled - before)
 
@@ -261,7 +261,8 @@ class Pipeline:
         if self.stage1.get(p) is not agg:
             return False  # revoked while the partials were sent: the new owner writes this partition now
         _persist(self.stage1_table, p, agg.changes())
-        self.metrics.record_watermark(p, agg.watermark.current(now), agg.watermark.holders(now))
+        wm = agg.watermark.current(now)
+        self.metrics.record_watermark(p, wm, agg.watermark.holders(now, wm))
         return True
 
     def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
@@ -301,7 +302,9 @@ class Pipeline:
     async def _stage2_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
         topic = self.settings.partials_topic
         comb, engine = self._stage2(p)
+        applied = False
         async for chunk in self._in_order(topic, p, delivered):
+            applied = True
             for _, raw in chunk:
                 source, horizon, partials = wire.decode_partials(self.plan, raw)
                 comb.receive(source, horizon, partials)
@@ -314,6 +317,8 @@ class Pipeline:
                         fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
                         await fut
                         self.metrics.record_alert(alert)
+        if not applied:
+            return  # all applied before: a redelivery
         # Stored after the outbox write: a crash in between re-evaluates to the same
         # events (same sequence numbers), which delivery then skips as duplicates. The
         # engine's state goes first: if a crash cuts the step after it, the window is

@@ -71,12 +71,8 @@ class GapReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
 
-    async def complete(self, partition: int, position: int | None, messages: Iterable[Message]) -> AsyncIterator[list[Message]]:
-        """The messages to apply for a delivered batch, in order and in chunks, the skipped ones read back in place.
-
-        The new position is ``sequence(position, messages)[2]``, once every chunk was applied.
-        """
-        apply, gaps, _ = sequence(position, messages)
+    async def complete(self, partition: int, apply: list[Message], gaps: list[tuple[int, int]]) -> AsyncIterator[list[Message]]:
+        """``sequence``'s verdict carried out: the messages to apply, in order and in chunks, the skipped ones read back in place."""
         pending = list(gaps)
         run: list[Message] = []
         for offset, value in apply:

@@ -83,7 +83,7 @@ def test_the_reader_reads_exactly_the_skipped_range_from_the_broker(kafka_bootst
         try:
             middle = await chunks(reader.read(1, 3, 8))
             # Faust delivered 2, then 5 and 6: 3 and 4 were skipped and are read back in place
-            applied = await chunks(reader.complete(1, 2, _msgs(2, 5, 6)))
+            applied = await chunks(reader.complete(1, *sequence(2, _msgs(2, 5, 6))[:2]))
             tail = await chunks(reader.read(1, 11, 13))
             return middle, applied, tail, [reader.filled]
         finally:
