@@ -43,6 +43,11 @@ def ensure_topics(config: Config, settings: WorkerSettings, *, security: KafkaSe
         existing = set(admin.list_topics())
         wanted = wanted_topics(config, settings)
         missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        # The tables' changelogs too, as Faust would make them (compacted). Left to Faust, two
+        # workers starting at once can join the group while these are still missing from the
+        # metadata and wait for recovery of partitions they were never assigned.
+        missing += [NewTopic(name, config.topics.partitions, 1, topic_configs={"cleanup.policy": "compact"})
+                    for name in settings.changelog_topics if name not in existing]
         if missing:
             try:
                 admin.create_topics(missing)

@@ -339,7 +339,10 @@ class Pipeline:
             key = f"\x00position|{p}"
             if (topic, p) not in self.positions:
                 raw = self.delivery_table.get(key)
-                self.positions[(topic, p)] = orjson.loads(raw) if raw else None
+                # No entry: nothing was delivered from this partition yet, or an old worker
+                # delivered without positions; threads remember their delivered records, so
+                # reading the partition back from 0 delivers only what never was.
+                self.positions[(topic, p)] = orjson.loads(raw) if raw else 0
             try:
                 async for chunk in self._in_order(topic, p, [(event.message.offset, event.message.value)]):
                     for _, value in chunk:
@@ -481,7 +484,9 @@ POSITION = "position"  # the key, after "<partition>|", of a stage's input posit
 def _restore(table: faust.Table, partition: int, loaders: dict[str, Callable[[str, Any], None]]) -> int | None:
     """Load one partition's entries, each by the loader of its namespace; return the stored input position.
 
-    Fresh state starts at offset 0; state stored before positions existed gives None.
+    Fresh state starts at offset 0, and says so in the table at once: state found
+    without a position can then only be state stored before positions existed
+    (None: no gap check), never a first step killed before its position was written.
     """
     prefix = f"{partition}|".encode()
     position: int | None = None
@@ -495,7 +500,10 @@ def _restore(table: faust.Table, partition: int, loaders: dict[str, Callable[[st
                 continue
             ns = "" if rest.startswith("[") else rest[0]  # stage keys are JSON arrays
             loaders[ns](rest[len(ns) :], orjson.loads(value))
-    return position if found else 0
+    if not found:
+        _persist_position(table, partition, 0)  # ahead of any state, in the same changelog partition
+        return 0
+    return position
 
 
 def _persist(table: faust.Table, partition: int, changes: list[Change], ns: str = "") -> None:

@@ -48,3 +48,13 @@ class WorkerSettings:
     @property
     def partials_topic(self) -> str:
         return f"{self.app_id}-partials"
+
+    @property
+    def changelog_topics(self) -> list[str]:
+        """The compacted topics behind the worker's tables (Faust's naming)."""
+        return [f"{self.app_id}-{table}-changelog" for table in TABLES]
+
+
+#: The worker's Faust tables (streams/app.py): stage 1, stage 2, the pre-stage-2 alert
+#: state (read on upgrade), and alert delivery.
+TABLES = ("stage1", "stage2", "incidents", "delivery")
