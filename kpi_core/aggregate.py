@@ -6,6 +6,11 @@ windows when its watermark (minus the allowed lateness) passes their end. What a
 closed window yields is a *partial*: this partition's share of each group's
 measures, which ``kpi_core.combine`` adds up across partitions.
 
+Late data (``config.arrival``): sources with a ``delay`` do not hold the
+watermark. Their own progress (``slow``) decides a phase's second pass
+(``events+complete``), which waits for them up to ``delay``; their events count
+until that pass closes. Restated reports replace the earlier report of their key.
+
 Exactly-once bookkeeping: every stored cell remembers, per source partition, the
 highest source offset it has absorbed (``marks``). Cells and marks are stored
 together in one value, so after a crash the restored state and the replayed
@@ -21,7 +26,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from kpi_core.plan import EVENTS, SESSIONS, Plan
+from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase
 from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
@@ -91,6 +96,17 @@ class SessionGroup:
         self.m = m
 
 
+class Report:
+    """The report a restated key counts as: its version, event time and data (to take it back)."""
+
+    __slots__ = ("version", "ts", "data")
+
+    def __init__(self, version: float, ts: int, data: dict[str, Any]) -> None:
+        self.version = version
+        self.ts = ts
+        self.data = data
+
+
 class PartitionAggregator:
     """Stage-1 state of one partition: open windows, sessions and the watermark."""
 
@@ -98,8 +114,11 @@ class PartitionAggregator:
         self.plan = plan
         self.cells: dict[tuple[int, int], dict[tuple[int, tuple[str, ...]], Cell]] = {}
         self.sessions: dict[tuple[str, str], SessionGroup] = {}
-        self.watermark = Watermark(idle_ms)
-        self.horizon = NEVER  # everything that ends at or before this is closed
+        self.watermark = Watermark(idle_ms)  # over the sources without a delay
+        self.slow: dict[str, int] = {}  # delayed source -> its own progress (largest ts or marker)
+        self.horizon = NEVER  # watermark − lateness: the first pass of everything ending by this is closed
+        self.closed: dict[str, int] = {}  # pass -> its horizon, as last reported to stage 2
+        self.reports: dict[tuple[Any, ...], Report] = {}  # restated key -> the report counted for it
         self.applied: dict[str, int] = {}  # source -> highest offset seen, stored with the watermark
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
@@ -111,7 +130,8 @@ class PartitionAggregator:
     def apply(self, events: Iterable[Routed]) -> list[Routed]:
         """Absorb events into their windows; return the ones too late to count."""
         late: list[Routed] = []
-        plan, horizon = self.plan, self.horizon
+        plan, fast = self.plan, self.horizon
+        late_at = self._late_horizons() if plan.arrival else {}
         applied, dirty = self.applied, self._dirty
         for ev in events:
             src, off, etype, ts, data = ev
@@ -120,9 +140,15 @@ class PartitionAggregator:
             applied[src] = off
             dirty.add(("w",))
             is_late = False
+            horizon = late_at.get(etype, fast)
             contribution = plan.contribution(etype, data) if etype in plan.feeds else None
             feeds_measures = contribution is not None
             groups = plan.groups(data) if feeds_measures else ()
+            taken: list[Cell] = []
+            if feeds_measures and etype in plan.restated:
+                taken = self._restate(src, off, etype, ts, data, horizon)
+                if taken is None:
+                    continue  # an older version of a report already counted
             for wi, (size, step) in enumerate(self._windows):
                 for start in window_starts(ts, size, step):
                     if start + size <= horizon:
@@ -147,11 +173,57 @@ class PartitionAggregator:
                             v[i].set_register(idx, rank)
                         cell.m[src] = off
                         dirty.add(("c", wi, start, g[0], g[1]))
+            for cell in taken:
+                cell.m[src] = max(cell.m.get(src, -1), off)  # its report replaced: done, if this is read again
             if etype == "pageview" and plan.needs_sessions and not is_late:
                 self._track_session(src, off, ts, data)
             if is_late:
                 late.append(ev)
         return late
+
+    def _late_horizons(self) -> dict[str, int]:
+        """Per delayed event type, the horizon past which its events are late: when the first
+        pass that waits for it closed (the fast horizon for types no pass waits for)."""
+        out = {}
+        for etype in self.plan.arrival:
+            passes = [self.closed.get(p, NEVER) for p, types in self.plan.waits.items() if etype in types]
+            out[etype] = max(passes) if passes else self.horizon
+        return out
+
+    def _restate(self, src: str, off: int, etype: str, ts: int, data: dict[str, Any], horizon: int) -> list[Cell] | None:
+        """Make a report the one its key counts as, taking the one it replaces back out of the
+        windows still open; return the cells it was taken from. None when the report is older
+        (by version) than the one counted.
+
+        Idempotent under a crash: a cell whose mark for this source has reached the report's
+        offset was stored with the replacement done. The ``r`` entry is written after the
+        cells (``changes``), so a stored ``r`` means every cell it touched is stored too.
+        """
+        spec = self.plan.restated[etype]
+        key = (etype, ts, *(ts if f == "ts" else data.get(f) for f in spec.key))
+        version = float(data.get(spec.version, 0)) if spec.version else 0.0
+        old = self.reports.get(key)
+        cells: list[Cell] = []
+        if old is not None:
+            if version < old.version:
+                return None
+            taken = self.plan.contribution(etype, old.data)
+            for wi, (size, step) in enumerate(self._windows):
+                for start in window_starts(old.ts, size, step):
+                    window = self.cells.get((wi, start))
+                    if taken is None or start + size <= horizon or window is None:
+                        continue  # published already: the replacement is late there too
+                    for g in self.plan.groups(old.data):
+                        cell = window.get(g)
+                        if cell is None or cell.m.get(src, -1) >= off:
+                            continue
+                        for i, amount in taken[0]:
+                            cell.v[i] -= amount
+                        cells.append(cell)
+                        self._dirty.add(("c", wi, start, g[0], g[1]))
+        self.reports[key] = Report(version, ts, data)
+        self._dirty.add(("r", *key))
+        return cells
 
     def _track_session(self, src: str, off: int, ts: int, data: dict[str, Any]) -> None:
         skey = (data["campaign"], data["session_id"])
@@ -182,14 +254,40 @@ class PartitionAggregator:
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
         """Record how far one source partition has progressed in event time."""
-        self.watermark.observe(source, ts, now)
+        if self.plan.delayed and self.plan.source_type(source) in self.plan.delayed:
+            if ts > self.slow.get(source, -1) or source not in self.slow:
+                self.slow[source] = ts
+        else:
+            self.watermark.observe(source, ts, now)
         self._dirty.add(("w",))
 
     def report(self, progress: dict[str, int], backlog: set[str], now: float, sent_at: float | None = None) -> None:
         """One router report (sent at ``sent_at``): every source's progress, and which still have a backlog."""
         for source, ts in progress.items():
             self.observe(source, ts, now)
-        self.watermark.report(now, set(progress), backlog, sent_at)
+        fast = {s for s in progress if s not in self.slow}
+        self.watermark.report(now, fast, backlog & fast, sent_at)
+
+    def pass_horizons(self) -> dict[str, int]:
+        """Each pass's horizon now: a window's pass is closed once the window ends by it.
+
+        A second pass (``+complete``) waits for every delayed type its KPIs read: until
+        the type's own progress (minus its lateness) passes the window's end, or until
+        the fast streams are ``delay`` past it, whichever comes first.
+        """
+        plan, h = self.plan, self.horizon
+        if h >= FOREVER or h <= NEVER:
+            return {p: h for p in plan.passes}
+        out = {EVENTS: h, SESSIONS: h - plan.session_timeout}
+        for p, types in plan.waits.items():
+            out[p] = min(out[base_phase(p)], *(self._type_horizon(t) for t in types))
+        return {p: out[p] for p in plan.passes}
+
+    def _type_horizon(self, etype: str) -> int:
+        profile = self.plan.arrival[etype]
+        progress = [ts for src, ts in self.slow.items() if ts >= 0 and self.plan.source_type(src) == etype]
+        waited = self.horizon - profile.delay
+        return max(min(progress) - profile.lateness, waited) if progress else waited
 
     # -- closing ---------------------------------------------------------------
 
@@ -200,50 +298,58 @@ class PartitionAggregator:
         """
         wm = self.watermark.current(now)
         target = force if force is not None else (NEVER if wm is None else wm - self.plan.lateness)
-        old = self.horizon
-        if target <= old:
+        if target > self.horizon:
+            self.horizon = target
+            self._dirty.add(("w",))
+        old = self.closed
+        now_at = self.pass_horizons()
+        if all(h <= old.get(p, NEVER) for p, h in now_at.items()):
             return None
-        self.horizon = target
+        new = self.closed = {p: max(h, old.get(p, NEVER)) for p, h in now_at.items()}
         self._dirty.add(("w",))
-        if not self._crosses_boundary(old, target):
+        if not any(self._crosses_boundary(old.get(p, NEVER), h) for p, h in new.items()):
             return None
         out: list[Partial] = []
-        timeout = self.plan.session_timeout
-        phases = self.plan.phases
-        for (wi, start) in sorted(self.cells.keys() | self._session_windows(old, target)):
-            size = self._windows[wi][0]
-            end = start + size
-            if EVENTS in phases and old < end <= target:
-                out += self._emit(wi, start, EVENTS)
-            if SESSIONS in phases and old < end + timeout <= target:
-                self._add_sessions(wi, start, end)
-                out += self._emit(wi, start, SESSIONS)
-            if end + (timeout if SESSIONS in phases else 0) <= target:
+        passes = self.plan.passes
+        last = min(new.values())
+        sessions = self._session_windows(old.get(SESSIONS, NEVER), new[SESSIONS]) if SESSIONS in new else set()
+        for (wi, start) in sorted(self.cells.keys() | sessions):
+            end = start + self._windows[wi][0]
+            for p in passes:
+                if old.get(p, NEVER) < end <= new[p]:
+                    if p == SESSIONS:
+                        self._add_sessions(wi, start, end)
+                    out += self._emit(wi, start, p)
+            if end <= last:
                 for g in self.cells.pop((wi, start), {}):
                     self._drop(("c", wi, start, g[0], g[1]))
         self._expire_sessions()
+        self._expire_reports(last)
         return out
 
     def _crosses_boundary(self, old: int, new: int) -> bool:
         # Window ends are multiples of the steps' gcd, so between two such multiples
         # nothing can close and the scan below is skipped (advance runs per batch).
-        g, timeout = self._grain, self.plan.session_timeout
-        if old == NEVER or new == FOREVER:
+        if old <= NEVER or new >= FOREVER:
             return True
-        return new // g > old // g or (new - timeout) // g > (old - timeout) // g
+        return new // self._grain > old // self._grain
 
     def _session_windows(self, old: int, new: int) -> set[tuple[int, int]]:
         # A window that only sessions contribute to has no cell yet when its sessions close.
-        if SESSIONS not in self.plan.phases:
-            return set()
         found = set()
         for group in self.sessions.values():
             for s in group.sessions:
                 for wi, (size, step) in enumerate(self._windows):
                     for start in window_starts(s.first, size, step):
-                        if old < start + size + self.plan.session_timeout <= new:
+                        if old < start + size <= new:
                             found.add((wi, start))
         return found
+
+    def _expire_reports(self, closed: int) -> None:
+        # A report whose every window has had its last pass can no longer be replaced.
+        for key in [k for k, r in self.reports.items() if self._last_window_end(r.ts) <= closed]:
+            del self.reports[key]
+            self._drop(("r", *key))
 
     def _add_sessions(self, wi: int, start: int, end: int) -> None:
         window = self.cells.setdefault((wi, start), {})
@@ -290,13 +396,16 @@ class PartitionAggregator:
         The watermark entry, which carries ``applied``, comes last: when it is stored,
         everything it vouches for is stored too (a changelog partition keeps order).
         """
-        return drain(self._dirty, self._deleted, self._value, last=("w",))
+        return drain(self._dirty, self._deleted, self._value, last=("w",), after=("r",))
 
     def _value(self, parts: tuple[Any, ...]) -> Any:
         kind = parts[0]
         if kind == "w":
             return {"latest": self.watermark.latest, "horizon": self.horizon, "applied": self.applied,
-                    "live": self.watermark.live_sources()}
+                    "live": self.watermark.live_sources(), "slow": self.slow, "closed": self.closed}
+        if kind == "r":
+            r = self.reports[parts[1:]]
+            return {"v": r.version, "t": r.ts, "d": r.data}
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
@@ -317,9 +426,17 @@ class PartitionAggregator:
                 self.applied[src] = max(off, self.applied.get(src, -1))
             for src in value.get("live", []):
                 self.watermark.restore_live(src)
+            for src, ts in value.get("slow", {}).items():
+                self.slow[src] = max(ts, self.slow.get(src, -1))
+            # Stored before passes existed: the first pass of each phase is where the horizon says.
+            closed = value.get("closed") or {EVENTS: value["horizon"], SESSIONS: value["horizon"] - self.plan.session_timeout}
+            for p, h in closed.items():
+                self.closed[p] = max(h, self.closed.get(p, NEVER))
         elif kind == "c":
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
+        elif kind == "r":
+            self.reports[tuple(parts[1:])] = Report(value["v"], value["t"], value["d"])
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]

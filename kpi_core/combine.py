@@ -1,8 +1,10 @@
 """Stage 2: add up the partials of every stage-1 partition and finalize closed windows.
 
-Each stage-1 partition reports its horizon (everything ending at or before it is
-closed) together with its partials. A window's phase is final once *every*
-stage-1 partition's horizon has passed it. A partial from a partition already
+Each stage-1 partition reports its horizon per pass (a window's pass is closed
+once the window ends by it) together with its partials. A window's pass is
+final once *every* stage-1 partition's horizon for it has passed the window's end.
+A phase's first pass is version 1 of its snapshots; its second pass
+(``+complete``, KPIs over delayed sources final) is version 2. A partial from a partition already
 merged for that window is a replay after a crash and is ignored, so redelivery
 never double-counts.
 """
@@ -15,7 +17,7 @@ from typing import Any, Iterable
 import orjson
 
 from kpi_core.aggregate import NEVER, Partial
-from kpi_core.plan import EVENTS, Plan
+from kpi_core.plan import COMPLETE, EVENTS, SESSIONS, Plan, base_phase, is_complete
 from kpi_core.results import Snapshot
 from kpi_core.state import Change, drain
 
@@ -44,23 +46,36 @@ class Combiner:
     def __init__(self, plan: Plan, *, sources: int) -> None:
         self.plan = plan
         self.n_sources = sources
-        self.horizons: dict[int, int] = {}
+        self.horizons: dict[int, dict[str, int]] = {}  # stage-1 partition -> pass -> horizon
         self.pending: dict[tuple[int, int, str], PendingWindow] = {}
         self.last: dict[tuple[int, str, int, tuple[str, ...]], tuple[int, dict[str, float]]] = {}
         self.evaluated: dict[int, int] = {}  # window index -> start of the last closed events phase
         self._dirty: set[tuple[Any, ...]] = set()
         self._deleted: set[tuple[Any, ...]] = set()
 
-    def receive(self, source: int, horizon: int, partials: Iterable[Partial]) -> None:
+    def _lowest(self) -> dict[str, int]:
+        """Per pass, the lowest horizon over all stage-1 partitions (NEVER until all reported)."""
+        if len(self.horizons) < self.n_sources:
+            return {}
+        return {p: min(h.get(p, NEVER) for h in self.horizons.values()) for p in {EVENTS, *self.plan.passes}}
+
+    def legacy_horizons(self, horizon: int) -> dict[str, int]:
+        """A single horizon, as stage 1 reported it before passes existed."""
+        out = {EVENTS: horizon, SESSIONS: horizon - self.plan.session_timeout}
+        return {p: h for p, h in out.items() if p == EVENTS or p in self.plan.passes}
+
+    def receive(self, source: int, horizons: dict[str, int] | int, partials: Iterable[Partial]) -> None:
         """Merge one stage-1 partition's report."""
+        if isinstance(horizons, int):
+            horizons = self.legacy_horizons(horizons)
         merged_now: set[tuple[int, int, str]] = set()
         # Everything that ended by the lowest horizon was finalized already (finalize
         # runs after every report): a partial for it is a redelivery after a crash.
-        done = min(self.horizons.values()) if len(self.horizons) >= self.n_sources else NEVER
+        done = self._lowest()
         plan = self.plan
         for p in partials:
             wkey = (p.window, p.start, p.phase)
-            if p.start + plan.windows[p.window].size + plan.delay(p.phase) <= done:
+            if p.start + plan.windows[p.window].size <= done.get(p.phase, NEVER):
                 continue
             pending = self.pending.get(wkey)
             if pending is None:
@@ -77,9 +92,11 @@ class Combiner:
         for wkey in merged_now:
             self.pending[wkey].sources.add(source)
             self._dirty.add(("p", *wkey))
-        if horizon > self.horizons.get(source, NEVER):
-            self.horizons[source] = horizon
-            self._dirty.add(("h",))
+        mine = self.horizons.setdefault(source, {})
+        for p, h in horizons.items():
+            if h > mine.get(p, NEVER):
+                mine[p] = h
+                self._dirty.add(("h",))
 
     def finalize(self) -> list[Snapshot]:
         """Snapshots of every window phase that all stage-1 partitions have closed."""
@@ -92,15 +109,16 @@ class Combiner:
         a window of that size has been seen, so silence itself can be alerted on;
         ``empty_until`` bounds them (the end of a replay is not silence).
         """
-        if len(self.horizons) < self.n_sources:
+        lowest = self._lowest()
+        if not lowest:
             return []
-        low = min(self.horizons.values())
         plan = self.plan
         ready = []
         for wkey in self.pending:
             wi, start, phase = wkey
-            if start + plan.windows[wi].size + plan.delay(phase) <= low:
+            if start + plan.windows[wi].size <= lowest.get(phase, NEVER):
                 ready.append(wkey)
+        low = lowest.get(EVENTS, NEVER)
         ready += self._empty_windows(low if empty_until is None else min(low, empty_until), set(ready))
         out: list[ClosedWindow] = []
         for wkey in sorted(ready):
@@ -113,6 +131,7 @@ class Combiner:
                 dims = plan.breakdowns[bi]
                 measures = plan.measures(vector, phase)
                 previous = self._previous(wi, phase, bi, group, start, measures)
+                final, provisional = plan.results(measures, phase, previous)
                 snaps.append(
                     Snapshot(
                         window=window.name,
@@ -120,10 +139,13 @@ class Combiner:
                         end=end,
                         dims=dims,
                         group=dict(zip(dims, group)),
-                        phase=phase,
+                        phase=base_phase(phase),
                         measures=measures,
-                        kpis=plan.kpi_values(measures, phase, previous),
+                        kpis=final,
                         previous=previous,
+                        version=2 if is_complete(phase) else 1,
+                        provisional=provisional,
+                        waiting_for=sorted(plan.waits.get(phase + COMPLETE, ())) if provisional else [],
                     )
                 )
             if pending is not None:
@@ -167,7 +189,7 @@ class Combiner:
 
     def _value(self, key: tuple[Any, ...]) -> Any:
         if key[0] == "h":
-            return {str(s): h for s, h in self.horizons.items()}
+            return {str(s): dict(h) for s, h in self.horizons.items()}
         if key[0] == "e":
             return {str(wi): start for wi, start in self.evaluated.items()}
         if key[0] == "l":
@@ -182,7 +204,9 @@ class Combiner:
         parts = orjson.loads(key)
         if parts[0] == "h":
             for s, h in value.items():
-                self.horizons[int(s)] = max(h, self.horizons.get(int(s), NEVER))
+                mine = self.horizons.setdefault(int(s), {})
+                for p, x in (self.legacy_horizons(h) if isinstance(h, int) else h).items():
+                    mine[p] = max(x, mine.get(p, NEVER))
         elif parts[0] == "e":
             for wi, start in value.items():
                 self.evaluated[int(wi)] = max(start, self.evaluated.get(int(wi), NEVER))

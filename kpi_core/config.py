@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kpi_core.errors import ConfigError
-from kpi_core.events import ALWAYS_PRESENT, EVENT_TYPES, OPTIONAL_FIELDS, SESSION_FIELDS, TYPE_FIELDS
+from kpi_core.events import ALWAYS_PRESENT, EVENT_TYPES, OPTIONAL_FIELDS, OPTIONAL_NUMBERS, SESSION_FIELDS, TYPE_FIELDS
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -271,6 +271,30 @@ def _parse_number(value: Any) -> Any:
     return value
 
 
+class Restates(_Model):
+    """Events of the source are reports: a later report with the same key replaces the earlier one."""
+
+    key: list[str] = Field(min_length=1)  # fields that, with ts (the reporting period), identify a report
+    version: str | None = None  # a numeric field ordering restatements; without it the later arrival wins
+
+
+class Arrival(_Model):
+    """How one source topic's data arrives (see README, "Late and restated data").
+
+    ``delay``: how far its event time may trail the fast streams. KPIs that read its
+    measures wait for it (published provisional first, final once the source has
+    reported past the window's end, or ``delay`` after it at the latest).
+    ``lateness``: how far out of order its own events may come (a report batch for
+    one period shares one ts, so the default is none).
+    """
+
+    delay: int = 0
+    lateness: int = 0
+    restates: Restates | None = None
+
+    _durations = field_validator("delay", "lateness", mode="before")(lambda v: parse_duration(v))
+
+
 class Topics(_Model):
     """Kafka topic names. Each source topic implies an event type."""
 
@@ -313,6 +337,7 @@ class Config(_Model):
     metrics_port: int = Field(default=6066, ge=0, le=65535)  # KPIMON_METRICS_PORT overrides it
     metrics_host: str = Field(default="0.0.0.0", min_length=1)  # bind address of /metrics + /health; KPIMON_METRICS_HOST overrides it
     top_campaigns: int = Field(default=100, ge=0)  # /metrics labels: the top N campaigns by volume, the rest as "other" (0: all)
+    arrival: dict[str, Arrival] = {}  # source topic -> how its data arrives; undeclared topics stream live
 
     _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", "max_future", mode="before")(
         lambda v: parse_duration(v)
@@ -368,12 +393,49 @@ class Config(_Model):
                 close = _closest(name, self.kpis)
                 hint = f" (did you mean {close!r}?)" if close else ""
                 problems.append((f"targets.{name}", f"unknown KPI {name!r}{hint}"))
+        problems += self._check_arrival(known_fields, extras)
         names = [w.name for w in self.windows]
         if len(set(names)) != len(names):
             problems.append(("windows", "window names must be unique"))
         if problems:
             raise ConfigError(problems)
         return self
+
+    def _check_arrival(self, known_fields: dict[str, set[str]], extras: set[str]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        by_type: dict[str, tuple[str, Arrival]] = {}
+        for topic, profile in self.arrival.items():
+            path = f"arrival.{topic}"
+            etype = self.topics.sources.get(topic)
+            if etype is None:
+                problems.append((path, f"unknown source topic {topic!r}; expected one of {', '.join(self.topics.sources)}"))
+                continue
+            other = by_type.setdefault(etype, (topic, profile))
+            if other[1] != profile:
+                problems.append((path, f"topics {other[0]!r} and {topic!r} both carry {etype} events: give them the same profile"))
+            r = profile.restates
+            if r is None:
+                continue
+            carried = known_fields[etype] | extras | {"ts"}
+            for i, f in enumerate(r.key):
+                if f not in carried:
+                    problems.append((f"{path}.restates.key[{i}]", f"{etype} events carry no field {f!r}"))
+            if r.version is not None and r.version not in _numeric_fields(etype) | set(OPTIONAL_NUMBERS.get(etype, ())):
+                problems.append((f"{path}.restates.version", f"{etype} events have no numeric field {r.version!r}; expected one of {', '.join(sorted(OPTIONAL_NUMBERS.get(etype, ())))}"))
+            for name, m in self.measures.items():
+                if m.event == etype and m.distinct:
+                    problems.append((f"{path}.restates", f"measure {name!r} counts distinct values of {etype} events, which a replaced report cannot take back"))
+        for topic, etype in self.topics.sources.items():
+            if etype in by_type and topic not in self.arrival:
+                problems.append((f"arrival.{topic}", f"{etype} events also come from {by_type[etype][0]!r}: declare the same profile here"))
+        return problems
+
+    def arrival_of(self, etype: str) -> Arrival | None:
+        """The arrival profile of one event type's topics, if declared."""
+        for topic, profile in self.arrival.items():
+            if self.topics.sources.get(topic) == etype:
+                return profile
+        return None
 
     @property
     def dimensions(self) -> list[str]:

@@ -88,10 +88,20 @@ TYPE_FIELDS: dict[str, dict[str, Check]] = {
     "survey": {"score": _score},
 }
 
+def _version(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise InvalidEvent("invalid_value", f"{name} must be a non-negative integer")
+    return value
+
+
 #: Per-type optional fields, checked when present.
 OPTIONAL_FIELDS: dict[str, dict[str, Check]] = {
     "pageview": {"new_visitor": _boolean},  # set by trackers that know the visitor is new
+    "spend": {"report_version": _version},  # restated reports: the higher version wins
 }
+
+#: Optional numeric fields, per type (restatement versions may name them).
+OPTIONAL_NUMBERS: dict[str, tuple[str, ...]] = {"spend": ("report_version",)}
 
 
 #: Fields every event type carries, for config checks of filters and breakdowns.

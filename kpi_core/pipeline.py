@@ -48,7 +48,7 @@ class LocalPipeline:
         partials = self.stage1.advance(None, force=force)
         if partials is None:
             return []
-        self.stage2.receive(0, self.stage1.horizon, partials)
+        self.stage2.receive(0, self.stage1.closed, partials)
         out: list[Output] = []
         for closed in self.stage2.finalize_windows(empty_until=self.latest):
             out += closed.snapshots

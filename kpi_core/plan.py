@@ -18,6 +18,18 @@ from kpi_core.config import Config, Filter, Kpi
 EVENTS = "events"
 SESSIONS = "sessions"
 PHASES = (EVENTS, SESSIONS)
+#: A phase's second pass, once the delayed sources its KPIs read have reported (internal:
+#: snapshots carry the base phase, and version 2).
+COMPLETE = "+complete"
+
+
+def base_phase(phase: str) -> str:
+    """The snapshot phase of an internal pass: ``events+complete`` is ``events``."""
+    return phase.removesuffix(COMPLETE)
+
+
+def is_complete(phase: str) -> bool:
+    return phase.endswith(COMPLETE)
 
 Predicate = Callable[[dict[str, Any]], bool]
 Vector = list[Any]  # float or sketch.Sketch (HLL registers) per slot
@@ -51,6 +63,7 @@ class KpiPlan:
     name: str
     kpi: Kpi
     phase: str
+    waits: frozenset[str] = frozenset()  # delayed event types its measures read (config.arrival)
 
     def value(self, m: dict[str, float], previous: dict[str, float] | None) -> float | None:
         """The KPI from a window's measures. None when its denominator is zero."""
@@ -102,12 +115,27 @@ class Plan:
             self.feeds[event] = (*self.feeds.get(event, ()), feed)
         self.derived = {n: list(m.add or []) for n, m in measures.items() if m.add is not None}
         self.session_measures = frozenset(n for n in measures if self._from_sessions(n))
+        # Arrival profiles by event type: where data comes late, KPIs reading it wait for it.
+        self.arrival = {t: a for t in {*config.topics.sources.values()} if (a := config.arrival_of(t)) is not None}
+        self.delayed = frozenset(t for t, a in self.arrival.items() if a.delay > 0)
+        self.restated = {t: a.restates for t, a in self.arrival.items() if a.restates is not None}
+        self.type_of_topic = dict(config.topics.sources)
         self.kpis: list[KpiPlan] = []
         for name, k in config.enabled_kpis().items():
             phase = SESSIONS if any(r in self.session_measures for r in k.refs()) else EVENTS
-            self.kpis.append(KpiPlan(name, k, phase))
+            waits = frozenset(t for r in k.refs() for t in self._event_types(r)) & self.delayed
+            self.kpis.append(KpiPlan(name, k, phase, waits))
         self.kpi_by_name = {k.name: k for k in self.kpis}
         self.phases = tuple(p for p in PHASES if any(k.phase == p for k in self.kpis)) or (EVENTS,)
+        #: What each phase's second pass waits for (only phases with KPIs over delayed data have one).
+        self.waits: dict[str, frozenset[str]] = {}
+        for p in self.phases:
+            types = frozenset().union(*(k.waits for k in self.kpis if k.phase == p))
+            if types:
+                self.waits[p + COMPLETE] = types
+        self.passes: tuple[str, ...] = (*self.phases, *self.waits)
+        #: Measures that delayed sources feed (a second pass changes only these).
+        self.delayed_measures = frozenset(n for n in measures if self._event_types(n) & self.delayed)
         self.has_change = any(k.kpi.change for k in self.kpis)
         self.breakdowns: list[tuple[str, ...]] = [tuple(b) for b in config.breakdowns]
         self._dims = tuple(sorted({d for b in self.breakdowns for d in b}))
@@ -123,9 +151,20 @@ class Plan:
             return any(self._from_sessions(r) for r in m.add)
         return m.event == "session"
 
-    def delay(self, phase: str) -> int:
-        """How long after a window's end (plus lateness) the phase closes."""
-        return self.session_timeout if phase == SESSIONS else 0
+    def _event_types(self, name: str) -> set[str]:
+        m = self.config.measures[name]
+        if m.add is not None:
+            return {t for r in m.add for t in self._event_types(r)}
+        return {"pageview" if m.event == "session" else str(m.event)}
+
+    def source_type(self, source: str) -> str | None:
+        """The event type of a source partition (``topic:partition``), if its topic is known."""
+        return self.type_of_topic.get(source.rpartition(":")[0])
+
+    def source_of(self, event_type: str) -> str:
+        """A source name for events read without Kafka (replay): the first topic of the type, partition 0."""
+        topic = next((t for t, e in self.type_of_topic.items() if e == event_type), event_type)
+        return f"{topic}:0"
 
     # -- vectors -----------------------------------------------------------------
 
@@ -205,6 +244,7 @@ class Plan:
 
     def measures(self, vector: Vector, phase: str) -> dict[str, float]:
         """Named measures final in this phase (session measures only once sessions are final)."""
+        phase = base_phase(phase)
         out: dict[str, float] = {}
         for i, name in enumerate(self.slot_names):
             out[name] = vector[i].estimate() if i in self.distinct_slots else vector[i]
@@ -216,4 +256,18 @@ class Plan:
 
     def kpi_values(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None) -> dict[str, float | None]:
         """KPIs reported in this phase. A zero denominator makes the KPI missing (None)."""
-        return {k.name: k.value(measures, previous) for k in self.kpis if k.phase == phase}
+        return {k.name: k.value(measures, previous) for k in self.kpis if k.phase == base_phase(phase)}
+
+    def results(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None
+                ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        """(final, provisional) KPI values of one pass.
+
+        The first pass of a phase leaves the KPIs over delayed data provisional; its
+        second pass (``+complete``) has them all final.
+        """
+        values = self.kpi_values(measures, phase, previous)
+        if is_complete(phase) or not self.delayed:
+            return values, {}
+        waiting = {k.name for k in self.kpis if k.waits and k.name in values}
+        return ({n: v for n, v in values.items() if n not in waiting},
+                {n: v for n, v in values.items() if n in waiting})

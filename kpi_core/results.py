@@ -6,7 +6,7 @@ These records are the contract between the core and every output adapter: the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +37,10 @@ class Snapshot:
     # Publications of one key are numbered from 1. A window published again after a
     # crash carries the same key, version and values: consumers keep one per (key, version).
     version: int = 1
+    # KPIs over delayed sources (config.arrival) before those have reported: values so
+    # far, not alerted on. Version 2 of the same key has them final.
+    provisional: dict[str, float | None] = field(default_factory=dict)
+    waiting_for: list[str] = field(default_factory=list)  # the delayed event types still to report
 
     @property
     def key(self) -> str:
@@ -57,6 +61,8 @@ class Snapshot:
             "phase": self.phase,
             "measures": self.measures,
             "kpis": self.kpis,
+            "provisional": self.provisional,
+            "waiting_for": self.waiting_for,
         }
 
 

@@ -16,21 +16,25 @@ from kpi_core.config import Config
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import validate
 from kpi_core.incidents import AlertEvent
-from kpi_core.pipeline import SOURCE, run_all
+from kpi_core.pipeline import run_all
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot, breakdown_name, format_value, iso
 from kpimon.producer import read_events
 
 
-def routed(rows: Iterator[dict[str, Any]], invalid: dict[str, int]) -> Iterator[Routed]:
-    """Validate file rows into pipeline events; count the invalid ones by reason."""
+def routed(plan: Plan, rows: Iterator[dict[str, Any]], invalid: dict[str, int]) -> Iterator[Routed]:
+    """Validate file rows into pipeline events; count the invalid ones by reason.
+
+    Each event type reads as its topic's partition 0, so each source's own progress
+    (late data, config.arrival) is judged as it would be live.
+    """
     for offset, obj in enumerate(rows):
         try:
             ev = validate(obj)
         except InvalidEvent as exc:
             invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
             continue
-        yield (SOURCE, offset, ev.type, ev.ts, ev.data)
+        yield (plan.source_of(ev.type), offset, ev.type, ev.ts, ev.data)
 
 
 def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Console) -> list[Snapshot]:
@@ -49,7 +53,7 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
                 yield obj
 
         late: list[Routed] = []
-        for item in run_all(plan, routed(rows(), invalid), late=late):
+        for item in run_all(plan, routed(plan, rows(), invalid), late=late):
             if isinstance(item, AlertEvent):
                 alerts.append(item)
                 if fmt == "jsonl":

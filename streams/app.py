@@ -254,7 +254,7 @@ class Pipeline:
             # Deliver the partials before storing the new horizon: after a crash the
             # old horizon makes us send them again, and stage 2 drops the repeat.
             futures = [
-                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.horizon, by_target.get(i, [])), partition=i)
+                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.closed, by_target.get(i, [])), partition=i)
                 for i in range(self.partitions)
             ]
             await asyncio.gather(*futures)

@@ -36,12 +36,18 @@ class KpiCollector:
         where = (snap.window, breakdown_name(snap.dims), *group)
         self.owners.setdefault(owner, set()).add(where)
         session_only = snap.phase == SESSIONS
+        # A second version comes when the delayed sources have reported, after newer
+        # windows: only what they feed is newer than what is shown.
+        second = snap.version > 1
+        delayed = self.plan.delayed_measures
         for name, value in snap.measures.items():
             # The sessions phase comes a session timeout later: its event measures
             # would overwrite the newer windows' values.
-            if not session_only or name in self.plan.session_measures:
+            if (not session_only or name in self.plan.session_measures) and (not second or name in delayed):
                 self.measures[(name, *where)] = value
         for kpi, value in snap.kpis.items():
+            if second and not self.plan.kpi_by_name[kpi].waits:
+                continue
             labels = (kpi, *where)
             target_cfg = self.plan.config.targets.get(kpi)
             target = target_cfg.for_group(snap.group) if target_cfg else None

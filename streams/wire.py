@@ -1,7 +1,8 @@
 """The internal messages between stages, encoded with orjson.
 
 Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "b": [sources with a backlog], "t": sent at (epoch ms), "e": [[source, offset, type, ts, data], ...]}``
-Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": horizon, "p": [[window, start, phase, breakdown, group, vector], ...]}``
+Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": {pass: horizon}, "p": [[window, start, pass, breakdown, group, vector], ...]}``
+(``h`` was one number before passes existed; stage 2 still reads that.)
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], float | None, l
     return obj["w"], set(obj["b"]), obj.get("t"), obj["e"]
 
 
-def encode_partials(plan: Plan, source: int, horizon: int, partials: list[Partial]) -> bytes:
+def encode_partials(plan: Plan, source: int, horizon: dict[str, int], partials: list[Partial]) -> bytes:
     rows = [[p.window, p.start, p.phase, p.breakdown, p.group, plan.encode(p.vector)] for p in partials]
     return orjson.dumps({"src": source, "h": horizon, "p": rows})
 
 
-def decode_partials(plan: Plan, raw: bytes) -> tuple[int, int, list[Partial]]:
+def decode_partials(plan: Plan, raw: bytes) -> tuple[int, dict[str, int] | int, list[Partial]]:
     obj = orjson.loads(raw)
     return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), plan.decode(v)) for w, s, ph, b, g, v in obj["p"]]

@@ -496,7 +496,8 @@ def test_closed_windows_are_deleted_from_the_store() -> None:
     step(agg, [e.click(T + 75_000)])
     store.persist(agg.changes())
     assert sorted(store.data) == [f'["c",0,{T + MIN},0,["spring"]]', f'["c",0,{T + MIN},1,[]]', '["w"]']
-    assert orjson.loads(store.data['["w"]']) == {"latest": {"p0": T + 75_000}, "horizon": T + 65_000, "applied": {"p0": 1}, "live": []}
+    assert orjson.loads(store.data['["w"]']) == {"latest": {"p0": T + 75_000}, "horizon": T + 65_000, "applied": {"p0": 1}, "live": [],
+                                                    "slow": {}, "closed": {"events": T + 65_000}}
     assert orjson.loads(store.data[f'["c",0,{T + MIN},1,[]]']) == {"v": [0.0, 1.0, 1.0, 0.0], "m": {"p0": 1}}
 
 

@@ -98,7 +98,7 @@ def test_a_horizon_never_moves_back() -> None:
     comb = Combiner(plan(), sources=1)
     comb.receive(0, T + 2 * MIN, [])
     comb.receive(0, T, [part(T + MIN, [1.0, 0, 0, 0])])  # an old report arriving late
-    assert comb.horizons == {0: T + 2 * MIN}
+    assert comb.horizons == {0: {"events": T + 2 * MIN}}
     # A source sends a window's partials before (or with) the horizon that passes it, so
     # partials behind the source's horizon are a redelivery and are dropped.
     assert comb.finalize() == []
@@ -162,7 +162,7 @@ def test_changes_and_load_round_trip() -> None:
     upserts, deleted = serialized(first.changes())
     assert sorted(upserts) == ['["h"]', f'["p",0,{T},"events"]', f'["p",0,{T + MIN},"events"]']
     assert deleted == set()
-    assert orjson.loads(upserts['["h"]']) == {"0": T + 2 * MIN, "1": T + MIN - 1}
+    assert orjson.loads(upserts['["h"]']) == {"0": {"events": T + 2 * MIN}, "1": {"events": T + MIN - 1}}
     assert orjson.loads(upserts[f'["p",0,{T},"events"]']) == {"sources": [0], "groups": [[0, [], [1.0, 1.0, 0.25, 0.0]]]}
 
     second = Combiner(p, sources=2)
@@ -176,15 +176,17 @@ def test_changes_and_load_round_trip() -> None:
     ]
     upserts, deleted = serialized(second.changes())
     assert deleted == {f'["p",0,{T},"events"]', f'["p",0,{T + MIN},"events"]'}
-    assert orjson.loads(upserts['["h"]']) == {"0": T + 2 * MIN, "1": T + 2 * MIN}
+    assert orjson.loads(upserts['["h"]']) == {"0": {"events": T + 2 * MIN}, "1": {"events": T + 2 * MIN}}
     assert second.changes() == []
 
 
 def test_load_keeps_the_larger_horizon() -> None:
     comb = Combiner(plan(), sources=1)
     comb.receive(0, T + 5 * MIN, [])
-    comb.load('["h"]', {"0": T})
-    assert comb.horizons == {0: T + 5 * MIN}
+    comb.load('["h"]', {"0": T})  # as stored before passes existed
+    assert comb.horizons == {0: {"events": T + 5 * MIN}}
+    comb.load('["h"]', {"0": {"events": T + 6 * MIN}})
+    assert comb.horizons == {0: {"events": T + 6 * MIN}}
 
 
 def test_the_previous_window_for_change_kpis_survives_a_restart() -> None:

@@ -173,6 +173,8 @@ def test_snapshot_key_and_json() -> None:
         "phase": "events",
         "measures": {"impressions": 10.0, "clicks": 4.0, "click_cost": 2.5, "orders": 1.0},
         "kpis": {"ctr": 0.4, "cpc": 0.625, "conversion_rate": 0.25},
+        "provisional": {},
+        "waiting_for": [],
     }
 
 

@@ -206,8 +206,8 @@ def test_session_kpis_wait_for_the_sessions_phase() -> None:
     ]
     assert plan.phases == (EVENTS, SESSIONS)
     assert plan.needs_sessions
-    assert plan.delay(EVENTS) == 0
-    assert plan.delay(SESSIONS) == 1_800_000
+    assert plan.passes == (EVENTS, SESSIONS)  # no delayed sources: no second passes
+    assert plan.waits == {}
     vector = [10.0, 2.0, 1.0, 1.0, 4.0, 1.0]
     # the events phase shows neither the session measures nor bounce_rate
     events = plan.measures(vector, EVENTS)

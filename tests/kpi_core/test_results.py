@@ -71,6 +71,8 @@ def test_the_total_snapshot_key_and_json() -> None:
         "phase": "sessions",
         "measures": {"sessions": 0.0},
         "kpis": {"bounce_rate": None},
+        "provisional": {},
+        "waiting_for": [],
     }
 
 
