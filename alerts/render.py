@@ -48,7 +48,7 @@ def _clip(text: str, limit: int) -> str:
 
 _ICONS = {"critical": "🔴", "warning": "🟠"}
 _RESOLVED_ICON = "✅"
-_RULES = {"target": "target", "drift": "drift", "no_data": "no data"}
+_RULES = {"target": "target", "drift": "drift", "no_data": "no data", "stale": "feed stale"}
 
 
 def render_event(
@@ -131,6 +131,8 @@ def _event_title(event: AlertEvent) -> str:
     firing = [f for f in event.findings if f.status == "firing"]
     if firing and all(f.rule == "no_data" for f in firing):
         what = "no data"
+    elif firing and all(f.rule == "stale" for f in firing):
+        what = "feed stale: its KPIs are held provisional"
     else:
         what = f"{_count(len(firing))} breaching"
     return f"{_ICONS.get(event.severity, '🔴')} {event.severity.upper()} · {group} · {what}"
@@ -145,7 +147,7 @@ def _finding_facts(f: Finding, event: AlertEvent) -> tuple[str, str, str, list[s
     icon = _RESOLVED_ICON if f.status == "resolved" else _ICONS.get(f.severity, "🔴")
     details = []
     # A resolved finding keeps the volume of the window that fired it: not shown, as it would mislead.
-    if f.rule != "no_data" and f.status == "firing":
+    if f.rule not in ("no_data", "stale") and f.status == "firing":
         volume = [f"{_amount(f.numerator)} {f.numerator_name} / {_amount(f.denominator)} {f.denominator_name}"]
         if f.interval is not None:
             volume.append(f"CI {format_value(f.interval[0], f.unit)}–{format_value(f.interval[1], f.unit)}")
@@ -156,6 +158,9 @@ def _finding_facts(f: Finding, event: AlertEvent) -> tuple[str, str, str, list[s
         if c.kpi_value is not None:
             about.append(f"{f.kpi} {format_value(c.kpi_value, f.unit)}")
         details.append(f"driven by {c.dimension}={c.value} ({', '.join(about)})")
+    if f.rule == "stale":
+        details.append(f"rule: {_RULES['stale']} · reported up to {iso(event.start)}, fast streams at {iso(event.end)}")
+        return icon, _escape(_name(f)), _escape(_verdict(f)), [_escape(d) for d in details]
     window = f"{event.window} {iso(event.start)}–{iso(event.end)}"
     details.append(f"rule: {_RULES.get(f.rule, f.rule)} · window {window}")
     return icon, _escape(_name(f)), _escape(_verdict(f)), [_escape(d) for d in details]
@@ -167,6 +172,9 @@ def _name(f: Finding) -> str:
 
 def _verdict(f: Finding) -> str:
     """``0.42% is below target 2.00% (baseline 4.10%)``, ``back to 3.10% (target 2.00%)``, or the no-data case."""
+    if f.rule == "stale":
+        behind = f"{_hours(f.value or 0.0)} behind the fast streams (delay {_hours(f.threshold or 0.0)})"
+        return f"caught up: {behind}" if f.status == "resolved" else behind
     if f.rule == "no_data":
         if f.status == "resolved":
             return f"{f.numerator_name} arriving again"
@@ -192,10 +200,16 @@ def _verdict(f: Finding) -> str:
     return verdict + (f" ({', '.join(refs)})" if refs else "")
 
 
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
 def _short(f: Finding, event: AlertEvent) -> str:
     """One finding in a thread reply: ``ctr 0.42% below target 2.00%``, ``ctr back to 3.10% (target 2.00%)``."""
     if f.rule == "no_data":
         return _escape(_verdict(f))
+    if f.rule == "stale":
+        return _escape(f"{f.kpi} {_verdict(f)}")
     name, line = _line(f)
     if f.status == "resolved" or f.value is None or line is None:
         return _escape(f"{f.kpi} {_verdict(f)}")

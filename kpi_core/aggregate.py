@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase
+from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase, is_complete
 from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
@@ -47,6 +47,7 @@ class Partial:
     breakdown: int  # index into config.breakdowns
     group: tuple[str, ...]
     vector: list[Any]  # see Plan: floats, and sketches for distinct counts
+    stale: tuple[str, ...] = ()  # second pass: delayed types that had not reported when it closed (their delay ran out)
 
 
 class Cell:
@@ -141,18 +142,23 @@ class PartitionAggregator:
             dirty.add(("w",))
             is_late = False
             horizon = late_at.get(etype, fast)
+            # Windows that do not wait for delayed data (config.settle_windows) take what
+            # arrived by their first pass, and a report arriving after it is not late there.
+            unsettled = etype in plan.delayed and len(plan.settles) < len(self._windows)
             contribution = plan.contribution(etype, data) if etype in plan.feeds else None
             feeds_measures = contribution is not None
             groups = plan.groups(data) if feeds_measures else ()
             taken: list[Cell] = []
             if feeds_measures and etype in plan.restated:
-                taken = self._restate(src, off, etype, ts, data, horizon)
+                taken = self._restate(src, off, etype, ts, data, horizon, fast)
                 if taken is None:
                     continue  # an older version of a report already counted
             for wi, (size, step) in enumerate(self._windows):
+                settles = not unsettled or wi in plan.settles
+                h = horizon if settles else fast
                 for start in window_starts(ts, size, step):
-                    if start + size <= horizon:
-                        is_late = True
+                    if start + size <= h:
+                        is_late = is_late or settles
                         continue
                     if not feeds_measures:
                         continue
@@ -190,7 +196,7 @@ class PartitionAggregator:
             out[etype] = max(passes) if passes else self.horizon
         return out
 
-    def _restate(self, src: str, off: int, etype: str, ts: int, data: dict[str, Any], horizon: int) -> list[Cell] | None:
+    def _restate(self, src: str, off: int, etype: str, ts: int, data: dict[str, Any], horizon: int, fast: int) -> list[Cell] | None:
         """Make a report the one its key counts as, taking the one it replaces back out of the
         windows still open; return the cells it was taken from. None when the report is older
         (by version) than the one counted.
@@ -209,9 +215,10 @@ class PartitionAggregator:
                 return None
             taken = self.plan.contribution(etype, old.data)
             for wi, (size, step) in enumerate(self._windows):
+                h = horizon if wi in self.plan.settles or etype not in self.plan.delayed else fast
                 for start in window_starts(old.ts, size, step):
                     window = self.cells.get((wi, start))
-                    if taken is None or start + size <= horizon or window is None:
+                    if taken is None or start + size <= h or window is None:
                         continue  # published already: the replacement is late there too
                     for g in self.plan.groups(old.data):
                         cell = window.get(g)
@@ -283,11 +290,21 @@ class PartitionAggregator:
             out[p] = min(out[base_phase(p)], *(self._type_horizon(t) for t in types))
         return {p: out[p] for p in plan.passes}
 
+    def report_horizons(self) -> dict[str, int]:
+        """What stage 2 is told: each pass's horizon, and how far each delayed type has
+        reported by itself (``@spend``), for the stale-feed check."""
+        out = dict(self.closed)
+        for etype in self.plan.delayed:
+            out["@" + etype] = self.reported(etype)
+        return out
+
     def _type_horizon(self, etype: str) -> int:
-        profile = self.plan.arrival[etype]
+        return max(self.reported(etype), self.horizon - self.plan.arrival[etype].delay)
+
+    def reported(self, etype: str) -> int:
+        """How far a delayed type has reported by itself: its slowest partition's progress, less its lateness."""
         progress = [ts for src, ts in self.slow.items() if ts >= 0 and self.plan.source_type(src) == etype]
-        waited = self.horizon - profile.delay
-        return max(min(progress) - profile.lateness, waited) if progress else waited
+        return min(progress) - self.plan.arrival[etype].lateness if progress else NEVER
 
     # -- closing ---------------------------------------------------------------
 
@@ -310,17 +327,22 @@ class PartitionAggregator:
         if not any(self._crosses_boundary(old.get(p, NEVER), h) for p, h in new.items()):
             return None
         out: list[Partial] = []
-        passes = self.plan.passes
+        passes, settles = self.plan.passes, self.plan.settles
         last = min(new.values())
+        last_unsettled = min(h for p, h in new.items() if not is_complete(p))
         sessions = self._session_windows(old.get(SESSIONS, NEVER), new[SESSIONS]) if SESSIONS in new else set()
         for (wi, start) in sorted(self.cells.keys() | sessions):
             end = start + self._windows[wi][0]
             for p in passes:
+                if is_complete(p) and wi not in settles:
+                    continue  # this window does not wait for delayed data: no second pass
                 if old.get(p, NEVER) < end <= new[p]:
                     if p == SESSIONS:
                         self._add_sessions(wi, start, end)
-                    out += self._emit(wi, start, p)
-            if end <= last:
+                    # The end of a replay (FOREVER) has read everything: nothing is stale there.
+                    stale = () if new[p] >= FOREVER else tuple(sorted(t for t in self.plan.waits.get(p, ()) if self.reported(t) < end))
+                    out += self._emit(wi, start, p, stale)
+            if end <= (last if wi in settles else last_unsettled):
                 for g in self.cells.pop((wi, start), {}):
                     self._drop(("c", wi, start, g[0], g[1]))
         self._expire_sessions()
@@ -364,9 +386,9 @@ class PartitionAggregator:
                             cell = window[g] = Cell(plan.new_vector(), {})
                         plan.add(cell.v, "session", record)
 
-    def _emit(self, wi: int, start: int, phase: str) -> list[Partial]:
+    def _emit(self, wi: int, start: int, phase: str, stale: tuple[str, ...] = ()) -> list[Partial]:
         copy = self.plan.copy
-        return [Partial(wi, start, phase, g[0], g[1], copy(c.v)) for g, c in self.cells.get((wi, start), {}).items()]
+        return [Partial(wi, start, phase, g[0], g[1], copy(c.v), stale) for g, c in self.cells.get((wi, start), {}).items()]
 
     def _expire_sessions(self) -> None:
         timeout, horizon = self.plan.session_timeout, self.horizon

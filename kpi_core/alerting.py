@@ -26,7 +26,9 @@ from kpi_core.results import Snapshot, breakdown_name
 from kpi_core.state import Change, drain
 
 WEEK_MS = 7 * 86_400_000
+NEVER_REPORTED = -(2**62)  # kpi_core.aggregate.NEVER
 NO_DATA = "no_data"
+STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
 
 Group = tuple[str, ...]
 
@@ -96,6 +98,8 @@ class AlertEngine:
         self.threads: dict[tuple[Any, ...], Thread] = {}
         self.baselines: dict[tuple[Any, ...], Baseline] = {}
         self.active: dict[tuple[Any, ...], int] = {}  # no-data tracking: (wi, bi, group) -> last active start
+        self.feeds: dict[str, Incident] = {}  # delayed event type -> its stale-feed incident
+        self.feed_seq: dict[str, int] = {}  # delayed event type -> its thread's last sequence number
         self._dirty: set[tuple[Any, ...]] = set()
         nd = cfg.alerting.no_data
         self.no_data = nd
@@ -381,6 +385,49 @@ class AlertEngine:
             changed.setdefault(key, {})[NO_DATA] = "opened"
             contexts[key] = snap
 
+    # -- stale feeds -----------------------------------------------------------
+
+    def check_feeds(self, fast: int, reported: dict[str, int]) -> list[AlertEvent]:
+        """One thread per delayed event type: opened when the type has reported (``reported``,
+        event time) more than its ``delay`` behind the fast streams (``fast``), resolved when it
+        is back within it. A type that never reported is not judged (no such feed here).
+
+        Run by one stage-2 partition only, so each feed has one thread.
+        """
+        events = []
+        for etype in sorted(self.plan.delayed):
+            at = reported.get(etype, NEVER_REPORTED)
+            if at <= NEVER_REPORTED or fast <= NEVER_REPORTED:
+                continue
+            delay = self.plan.arrival[etype].delay
+            behind = fast - at
+            inc = self.feeds.get(etype) or Incident()
+            if inc.status != "firing" and behind > delay:
+                what = "opened"
+                inc.status, inc.severity = "firing", "warning"
+            elif inc.status == "firing" and behind <= delay:
+                what, inc.status, inc.resolved_at = "resolved", "ok", fast
+            else:
+                continue
+            finding = Finding(
+                kpi=f"{etype} feed", rule=STALE, severity="warning", value=behind / 1000, threshold=delay / 1000, target=None,
+                baseline=None, direction="lower", unit="seconds", numerator=at / 1000, numerator_name=f"{etype} reported up to",
+                denominator=fast / 1000, denominator_name="fast streams at", status="firing" if what == "opened" else "resolved",
+            )
+            inc.finding = asdict(finding)
+            inc.notified_at = fast
+            self.feeds[etype] = inc
+            seq = self.feed_seq.get(etype, 0) + 1
+            self.feed_seq[etype] = seq
+            self._dirty.add(("f", etype))
+            group = {"feed": etype}
+            channel, mention = self._route(group, [finding.kpi])
+            events.append(AlertEvent(
+                thread=f"feed|{etype}", seq=seq, kind=what, window="feed", start=at, end=fast, dims=("feed",), group=group,
+                severity="warning", findings=[finding], channel=channel, mention=mention,
+            ))
+        return events
+
     # -- persistence -----------------------------------------------------------
 
     def changes(self) -> list[Change]:
@@ -395,6 +442,8 @@ class AlertEngine:
             return asdict(self.threads[rest])
         if kind == "b":
             return asdict(self.baselines[rest])
+        if kind == "f":
+            return {"incident": asdict(self.feeds[rest[0]]), "seq": self.feed_seq[rest[0]]}
         return self.active[rest]
 
     def load(self, key: str, value: Any) -> None:
@@ -409,6 +458,9 @@ class AlertEngine:
         elif kind == "b":
             kpi, wi, bi, group = parts[1:]
             self.baselines[(kpi, wi, bi, tuple(group))] = Baseline(**value)
+        elif kind == "f":
+            self.feeds[parts[1]] = Incident(**value["incident"])
+            self.feed_seq[parts[1]] = value["seq"]
         else:
             wi, bi, group = parts[1:]
             self.active[(wi, bi, tuple(group))] = value

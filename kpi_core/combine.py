@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import orjson
 
 from kpi_core.aggregate import NEVER, Partial
-from kpi_core.plan import COMPLETE, EVENTS, SESSIONS, Plan, base_phase, is_complete
+from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase, is_complete
 from kpi_core.results import Snapshot
 from kpi_core.state import Change, drain
 
@@ -33,11 +33,12 @@ class ClosedWindow:
 
 
 class PendingWindow:
-    __slots__ = ("sources", "groups")
+    __slots__ = ("sources", "groups", "stale")
 
-    def __init__(self, sources: set[int], groups: dict[tuple[int, tuple[str, ...]], list[float]]) -> None:
+    def __init__(self, sources: set[int], groups: dict[tuple[int, tuple[str, ...]], list[float]], stale: set[str] | None = None) -> None:
         self.sources = sources  # stage-1 partitions merged in
         self.groups = groups
+        self.stale = stale or set()  # delayed types some partition closed the pass without
 
 
 class Combiner:
@@ -57,7 +58,13 @@ class Combiner:
         """Per pass, the lowest horizon over all stage-1 partitions (NEVER until all reported)."""
         if len(self.horizons) < self.n_sources:
             return {}
-        return {p: min(h.get(p, NEVER) for h in self.horizons.values()) for p in {EVENTS, *self.plan.passes}}
+        keys = {EVENTS, *self.plan.passes, *("@" + t for t in self.plan.delayed)}
+        return {p: min(h.get(p, NEVER) for h in self.horizons.values()) for p in keys}
+
+    def reported(self) -> tuple[int, dict[str, int]]:
+        """(the fast streams' horizon, how far each delayed type has reported), over every stage-1 partition."""
+        lowest = self._lowest()
+        return lowest.get(EVENTS, NEVER), {t: lowest.get("@" + t, NEVER) for t in self.plan.delayed}
 
     def legacy_horizons(self, horizon: int) -> dict[str, int]:
         """A single horizon, as stage 1 reported it before passes existed."""
@@ -83,6 +90,7 @@ class Combiner:
             elif source in pending.sources and wkey not in merged_now:
                 continue  # already merged: a redelivery
             merged_now.add(wkey)
+            pending.stale.update(p.stale)
             g = (p.breakdown, p.group)
             acc = pending.groups.get(g)
             if acc is None:
@@ -131,7 +139,7 @@ class Combiner:
                 dims = plan.breakdowns[bi]
                 measures = plan.measures(vector, phase)
                 previous = self._previous(wi, phase, bi, group, start, measures)
-                final, provisional = plan.results(measures, phase, previous)
+                final, provisional = plan.results(measures, phase, previous, stale=pending.stale if pending else set())
                 snaps.append(
                     Snapshot(
                         window=window.name,
@@ -145,7 +153,7 @@ class Combiner:
                         previous=previous,
                         version=2 if is_complete(phase) else 1,
                         provisional=provisional,
-                        waiting_for=sorted(plan.waits.get(phase + COMPLETE, ())) if provisional else [],
+                        waiting_for=plan.waiting_for(phase, pending.stale) if provisional else [],
                     )
                 )
             if pending is not None:
@@ -197,7 +205,10 @@ class Combiner:
             return {"start": start, "measures": measures}
         pending = self.pending[key[1:]]
         enc = self.plan.encode
-        return {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
+        out = {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
+        if pending.stale:
+            out["stale"] = sorted(pending.stale)
+        return out
 
     def load(self, key: str, value: Any) -> None:
         """Restore one stored entry (from ``changes``)."""
@@ -216,4 +227,4 @@ class Combiner:
         else:
             _, wi, start, phase = parts
             groups = {(bi, tuple(g)): self.plan.decode(v) for bi, g, v in value["groups"]}
-            self.pending[(wi, start, phase)] = PendingWindow(set(value["sources"]), groups)
+            self.pending[(wi, start, phase)] = PendingWindow(set(value["sources"]), groups, set(value.get("stale", ())))

@@ -338,6 +338,9 @@ class Config(_Model):
     metrics_host: str = Field(default="0.0.0.0", min_length=1)  # bind address of /metrics + /health; KPIMON_METRICS_HOST overrides it
     top_campaigns: int = Field(default=100, ge=0)  # /metrics labels: the top N campaigns by volume, the rest as "other" (0: all)
     arrival: dict[str, Arrival] = {}  # source topic -> how its data arrives; undeclared topics stream live
+    # Windows whose KPIs over delayed sources wait for them (default: all). Waiting keeps a
+    # window's state for the delay: an hourly report says little about a minute anyway.
+    settle_windows: list[str] | None = None
 
     _durations = field_validator("allowed_lateness", "session_timeout", "idle_timeout", "max_future", mode="before")(
         lambda v: parse_duration(v)
@@ -394,6 +397,9 @@ class Config(_Model):
                 hint = f" (did you mean {close!r}?)" if close else ""
                 problems.append((f"targets.{name}", f"unknown KPI {name!r}{hint}"))
         problems += self._check_arrival(known_fields, extras)
+        for i, name in enumerate(self.settle_windows or []):
+            if name not in [w.name for w in self.windows]:
+                problems.append((f"settle_windows[{i}]", f"no window named {name!r}; expected one of {', '.join(w.name for w in self.windows)}"))
         names = [w.name for w in self.windows]
         if len(set(names)) != len(names):
             problems.append(("windows", "window names must be unique"))

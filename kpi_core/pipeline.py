@@ -48,11 +48,13 @@ class LocalPipeline:
         partials = self.stage1.advance(None, force=force)
         if partials is None:
             return []
-        self.stage2.receive(0, self.stage1.closed, partials)
+        self.stage2.receive(0, self.stage1.report_horizons(), partials)
         out: list[Output] = []
         for closed in self.stage2.finalize_windows(empty_until=self.latest):
             out += closed.snapshots
             out += self.alerts.evaluate(closed.window, closed.start, closed.phase, closed.snapshots)
+        if force is None:  # the end of a replay is not a feed falling behind
+            out += self.alerts.check_feeds(*self.stage2.reported())
         return out
 
 

@@ -134,6 +134,9 @@ class Plan:
             if types:
                 self.waits[p + COMPLETE] = types
         self.passes: tuple[str, ...] = (*self.phases, *self.waits)
+        #: Windows (indices) whose KPIs over delayed data wait for it; in the others they stay provisional.
+        settle = config.settle_windows
+        self.settles = frozenset(i for i, w in enumerate(config.windows) if settle is None or w.name in settle)
         #: Measures that delayed sources feed (a second pass changes only these).
         self.delayed_measures = frozenset(n for n in measures if self._event_types(n) & self.delayed)
         self.has_change = any(k.kpi.change for k in self.kpis)
@@ -258,16 +261,24 @@ class Plan:
         """KPIs reported in this phase. A zero denominator makes the KPI missing (None)."""
         return {k.name: k.value(measures, previous) for k in self.kpis if k.phase == base_phase(phase)}
 
-    def results(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None
-                ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    def results(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None,
+                stale: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, float | None], dict[str, float | None]]:
         """(final, provisional) KPI values of one pass.
 
         The first pass of a phase leaves the KPIs over delayed data provisional; its
-        second pass (``+complete``) has them all final.
+        second pass (``+complete``) has them final, except those reading a ``stale``
+        type (one whose delay ran out before it reported): a missing spend report must
+        not read as a fall in cost.
         """
         values = self.kpi_values(measures, phase, previous)
-        if is_complete(phase) or not self.delayed:
+        if not self.delayed or (is_complete(phase) and not stale):
             return values, {}
-        waiting = {k.name for k in self.kpis if k.waits and k.name in values}
+        waiting = {k.name for k in self.kpis if k.name in values and (k.waits & stale if is_complete(phase) else k.waits)}
         return ({n: v for n, v in values.items() if n not in waiting},
                 {n: v for n, v in values.items() if n in waiting})
+
+    def waiting_for(self, phase: str, stale: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """The delayed types a pass's provisional KPIs still wait for."""
+        if is_complete(phase):
+            return sorted(self.waits.get(phase, frozenset()) & stale)
+        return sorted(self.waits.get(phase + COMPLETE, frozenset()))

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
+import orjson
 import typer
 from rich.console import Console
 
@@ -108,16 +110,22 @@ def simulate(
     drop_at: float = typer.Option(30.0, help="seconds after the start when the drop begins"),
     fast: bool = typer.Option(False, help="produce as fast as possible instead of in real time"),
     seed: int = typer.Option(7, help="random seed"),
+    delivery: str = typer.Option("platforms", help="platforms: spend as hourly reports 2 h late and restated, leads in "
+                                 "15-minute syncs, orders 30 min late; demo: the same in minutes; live: everything at once"),
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Produce realistic marketing traffic to Kafka, optionally with a CTR drop."""
-    from kpimon.simulator import Anomaly, SimConfig, run
+    from kpimon.simulator import DEMO_DELIVERY, Anomaly, Delivery, SimConfig, run
 
+    deliveries = {"platforms": Delivery(), "demo": DEMO_DELIVERY, "live": None}
+    if delivery not in deliveries:
+        raise typer.BadParameter(f"expected one of {', '.join(deliveries)}", param_hint="--delivery")
     cfg = _load(config)
     sim = SimConfig(campaigns=campaigns, rate=rate, seed=seed, ctr_range=(0.04, 0.06))
     anomalies = [Anomaly(campaign=drop, factor=drop_factor, start_s=drop_at)] if drop else []
     topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
-    n = run(sim, bootstrap=_bootstrap(), topics=topic_for, duration_s=duration, realtime=not fast, anomalies=anomalies)
+    n = run(sim, bootstrap=_bootstrap(), topics=topic_for, duration_s=duration, realtime=not fast, anomalies=anomalies,
+            delivery=deliveries[delivery])
     out.print(f"produced {n} events")
 
 
@@ -165,6 +173,25 @@ def replay(
     replay_file(file, _load(config), fmt=fmt, out=out, err=err)
 
 
+def _show_cpa(bootstrap: str, topic: str) -> None:
+    """The demo's total CPA per window, as it goes from provisional to final."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
+    for record in consumer:
+        snap = orjson.loads(record.value)
+        if snap["breakdown"] != "total" or snap["phase"] != "events":
+            continue
+        if "cpa" in snap["provisional"]:
+            out.print(f"  {snap['start'][11:19]} CPA {_money(snap['provisional']['cpa'])} provisional (waiting for {', '.join(snap['waiting_for'])})")
+        elif snap["version"] > 1 and "cpa" in snap["kpis"]:
+            out.print(f"  {snap['start'][11:19]} CPA {_money(snap['kpis']['cpa'])} [bold]final[/bold] (spend {snap['measures']['spend']:,.2f})")
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
 @cli.command()
 def demo(
     duration: float = typer.Option(150.0, help="seconds to run the simulator"),
@@ -190,7 +217,7 @@ def demo(
         procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(demo_cfg)], env=env))
         time.sleep(8)
         out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 85% after 15 s ...")
-        sim = ["simulate", "--config", str(demo_cfg), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15"]
+        sim = ["simulate", "--config", str(demo_cfg), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15", "--delivery", "demo"]
         procs.append(
             subprocess.Popen(
                 [*kpimon, *sim, "--drop-at", "15", "--duration", str(duration)],
@@ -198,6 +225,9 @@ def demo(
             )
         )
         out.print(f"[bold]metrics:[/bold] http://localhost:{port}/metrics   (alerts print below; Ctrl-C to stop)")
+        out.print("spend comes as minute reports a minute late: each window's CPA is provisional first, then final")
+        watcher = threading.Thread(target=_show_cpa, args=(env["KAFKA_BOOTSTRAP_SERVERS"], _load(demo_cfg).topics.snapshots), daemon=True)
+        watcher.start()
         procs[-1].wait()
         out.print("simulation finished; the worker keeps running until Ctrl-C")
         procs[0].wait()

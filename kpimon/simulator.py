@@ -292,6 +292,82 @@ class _Journeys:
             self._emit("survey", ts + rng.randint(10_000, 60_000), {**origin, "score": score, "customer_id": customer})
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How the simulated platforms deliver their data (README, "Late and restated data").
+
+    Spend becomes a report per campaign and period (``ts`` the period's start), sent
+    ``spend_delay_s`` after the period ends and restated once ``restate_after_s`` later
+    with invalid-click credits taken off (``report_version`` 2). Leads arrive in CRM
+    syncs every ``lead_sync_s``; orders ``order_lag_s`` after they happened.
+    """
+
+    spend_period_s: float = 3600.0
+    spend_delay_s: float = 7200.0
+    restate_after_s: float = 1800.0
+    restate_credit: float = 0.03  # share of a report taken back by its restatement
+    lead_sync_s: float = 900.0
+    order_lag_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if self.spend_period_s <= 0 or min(self.spend_delay_s, self.restate_after_s, self.lead_sync_s, self.order_lag_s) < 0:
+            raise SimulatorError("delivery: spend_period_s must be > 0, the delays >= 0")
+        if not 0 <= self.restate_credit < 1:
+            raise SimulatorError("delivery: restate_credit must be in [0, 1)")
+
+
+#: Compressed for a live demo (30 s windows): 30-second reports a minute late, restated 10 s later.
+DEMO_DELIVERY = Delivery(spend_period_s=30, spend_delay_s=60, restate_after_s=10, lead_sync_s=30, order_lag_s=20)
+
+
+def deliver(events: Iterator[tuple[str, dict[str, Any]]], d: Delivery) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(arrival ms, type, event)`` in arrival order: the generated stream as the platforms deliver it.
+
+    Arrival is never before event time, so once the stream has reached a time, whatever
+    is due by then is known and goes out.
+    """
+    due: list[tuple[int, int, str, dict[str, Any]]] = []
+    seq = itertools.count()
+    period = int(d.spend_period_s * 1000)
+    reports: dict[tuple[int, str, str], float] = {}  # (period start, campaign, channel) -> spend so far
+    open_period: int | None = None
+
+    def close_reports(before: int) -> None:
+        for key in sorted(k for k in reports if k[0] + period <= before):
+            start, campaign, channel = key
+            amount = round(reports.pop(key), 2)
+            first = start + period + int(d.spend_delay_s * 1000)
+            report = {"type": "spend", "ts": start, "campaign": campaign, "channel": channel, "amount": amount, "report_version": 1}
+            heapq.heappush(due, (first, next(seq), "spend", report))
+            restated = {**report, "amount": round(amount * (1 - d.restate_credit), 2), "report_version": 2}
+            heapq.heappush(due, (first + int(d.restate_after_s * 1000), next(seq), "spend", restated))
+
+    now = 0
+    for etype, obj in events:
+        ts = obj["ts"]
+        now = max(now, ts)
+        if etype == "spend":
+            key = (ts - ts % period, obj["campaign"], obj["channel"])
+            reports[key] = reports.get(key, 0.0) + obj["amount"]
+        elif etype == "lead":
+            sync = int(d.lead_sync_s * 1000)
+            heapq.heappush(due, (ts - ts % sync + sync if sync else ts, next(seq), etype, obj))
+        elif etype == "order":
+            heapq.heappush(due, (ts + int(d.order_lag_s * 1000), next(seq), etype, obj))
+        else:
+            heapq.heappush(due, (ts, next(seq), etype, obj))
+        if open_period != now - now % period:
+            open_period = now - now % period
+            close_reports(now)
+        while due and due[0][0] <= now:
+            at, _, t, o = heapq.heappop(due)
+            yield at, t, o
+    close_reports(2**62)
+    while due:
+        at, _, t, o = heapq.heappop(due)
+        yield at, t, o
+
+
 def run(
     cfg: SimConfig,
     *,
@@ -302,12 +378,15 @@ def run(
     anomalies: Sequence[Anomaly] = (),
     start_ms: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    delivery: Delivery | None = None,
 ) -> int:
     """Produce simulated events to Kafka (``topics``: event type -> topic); return how many were delivered.
 
     Event types missing from ``topics`` are not produced. In realtime mode events are
     sent when the wall clock reaches their event time; otherwise as fast as possible.
-    ``on_progress(sent, event_ts_ms)`` is called about once a second.
+    ``on_progress(sent, event_ts_ms)`` is called about once a second. With ``delivery``,
+    events go out when they would arrive from real platforms (late spend reports,
+    restatements, lead syncs, order imports), not at their event time.
     """
     start = int(time.time() * 1000) if start_ms is None else start_ms
     producer = connect(bootstrap, acks=1)
@@ -315,13 +394,15 @@ def run(
     sent = 0
     last_report = time.monotonic()
     try:
-        for etype, obj in generate(cfg, start_ms=start, duration_s=duration_s, anomalies=anomalies):
+        stream = generate(cfg, start_ms=start, duration_s=duration_s, anomalies=anomalies)
+        arrivals = deliver(stream, delivery) if delivery else ((obj["ts"], etype, obj) for etype, obj in stream)
+        for at, etype, obj in arrivals:
             topic = topics.get(etype)
             if topic is None:
                 continue
             ts = obj["ts"]
             if realtime:
-                wait_ms = ts - time.time() * 1000
+                wait_ms = at - time.time() * 1000
                 if wait_ms > 5:  # sleeping for less is not worth a system call per event
                     time.sleep(wait_ms / 1000)
             future = producer.send(topic, value=orjson.dumps(obj), key=message_key(obj), timestamp_ms=ts)

@@ -254,7 +254,7 @@ class Pipeline:
             # Deliver the partials before storing the new horizon: after a crash the
             # old horizon makes us send them again, and stage 2 drops the repeat.
             futures = [
-                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.closed, by_target.get(i, [])), partition=i)
+                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.report_horizons(), by_target.get(i, [])), partition=i)
                 for i in range(self.partitions)
             ]
             await asyncio.gather(*futures)
@@ -313,10 +313,10 @@ class Pipeline:
                         await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
                         self.metrics.record_snapshot(snap, p)
                     for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
-                        # The outbox: an alert is on Kafka before anyone tries to deliver it.
-                        fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
-                        await fut
-                        self.metrics.record_alert(alert)
+                        await self._to_outbox(alert)
+                if p == 0:  # every partition sees the same progress: one judges the feeds
+                    for alert in engine.check_feeds(*comb.reported()):
+                        await self._to_outbox(alert)
         if not applied:
             return  # all applied before: a redelivery
         # Stored after the outbox write: a crash in between re-evaluates to the same
@@ -326,6 +326,12 @@ class Pipeline:
         _persist(self.stage2_table, p, engine.changes(), "a")
         _persist(self.stage2_table, p, comb.changes(), "c")
         _persist_position(self.stage2_table, p, self.positions[(topic, p)])
+
+    async def _to_outbox(self, alert: AlertEvent) -> None:
+        # The outbox: an alert is on Kafka before anyone tries to deliver it.
+        fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
+        await fut
+        self.metrics.record_alert(alert)
 
     # -- 4. deliver ------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The internal messages between stages, encoded with orjson.
 
 Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "b": [sources with a backlog], "t": sent at (epoch ms), "e": [[source, offset, type, ts, data], ...]}``
-Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": {pass: horizon}, "p": [[window, start, pass, breakdown, group, vector], ...]}``
+Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": {pass: horizon}, "p": [[window, start, pass, breakdown, group, vector(, stale types)], ...]}``
 (``h`` was one number before passes existed; stage 2 still reads that.)
 """
 
@@ -25,10 +25,12 @@ def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], float | None, l
 
 
 def encode_partials(plan: Plan, source: int, horizon: dict[str, int], partials: list[Partial]) -> bytes:
-    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, plan.encode(p.vector)] for p in partials]
+    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, plan.encode(p.vector), *([list(p.stale)] if p.stale else [])]
+            for p in partials]
     return orjson.dumps({"src": source, "h": horizon, "p": rows})
 
 
 def decode_partials(plan: Plan, raw: bytes) -> tuple[int, dict[str, int] | int, list[Partial]]:
     obj = orjson.loads(raw)
-    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), plan.decode(v)) for w, s, ph, b, g, v in obj["p"]]
+    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), plan.decode(v), tuple(rest[0]) if rest else ())
+                                  for w, s, ph, b, g, v, *rest in obj["p"]]

@@ -89,7 +89,8 @@ class Events:
 
 
 def by_key(snapshots: list[Snapshot], window: str | None = None) -> dict[tuple[Any, ...], Snapshot]:
-    """Snapshots (of one window size, if several) by (phase, start, dims, group values); fails on a duplicate."""
+    """The last version of each snapshot (of one window size, if several) by (phase, start, dims,
+    group values); fails on a duplicate."""
     names = {s.window for s in snapshots}
     assert window is not None or len(names) <= 1, f"several window sizes {names}: name one"
     out: dict[tuple[Any, ...], Snapshot] = {}
@@ -97,6 +98,7 @@ def by_key(snapshots: list[Snapshot], window: str | None = None) -> dict[tuple[A
         if window is not None and s.window != window:
             continue
         key = (s.phase, s.start, s.dims, tuple(s.group[d] for d in s.dims))
-        assert key not in out, f"two snapshots for {key}"
+        # A key's versions come in order (a second one once delayed sources reported): keep the last.
+        assert key not in out or out[key].version < s.version, f"two snapshots for {key}"
         out[key] = s
     return out

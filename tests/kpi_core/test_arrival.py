@@ -130,7 +130,7 @@ def test_without_a_version_the_later_report_wins_and_nothing_adds_up() -> None:
     assert got[("other", 2)] == 99.5
 
 
-def test_a_feed_that_never_reports_is_waited_for_delay_then_published_as_it_is() -> None:
+def test_a_feed_that_never_reports_is_waited_for_delay_then_stays_provisional() -> None:
     plan = make_plan()
     ev = Feed(plan)
     pipe = LocalPipeline(plan)
@@ -140,9 +140,11 @@ def test_a_feed_that_never_reports_is_waited_for_delay_then_published_as_it_is()
     cut = next(i for i, e in enumerate(stream) if e[2] == "order" and e[3] >= T + 7 * HOUR + 5 * MIN)
     before = [s for s in snaps(pipe.feed(stream[:cut])) if s.start == T]
     assert [s.version for s in before] == [1]
-    # ...and with the next order it has: the first hour's second pass closes without spend.
+    # ...and with the next order it has: the first hour's second pass closes without spend, whose
+    # KPIs stay provisional (a missing report is not a fall in cost), the rest final.
     [v2] = [s for s in snaps(pipe.feed(stream[cut : cut + 1])) if s.start == T]
-    assert (v2.version, v2.measures["spend"], v2.kpis["cpa"]) == (2, 0.0, 10.0)
+    assert (v2.version, v2.measures["spend"], v2.kpis, v2.provisional, v2.waiting_for) == (
+        2, 0.0, {"ctr": 0.2, "cpc": 0.5}, {"cpa": 10.0, "roas": 4.0}, ["spend"])
 
 
 def test_replay_equals_live_for_input_shuffled_within_the_declared_horizons() -> None:
@@ -258,3 +260,54 @@ def test_a_provisional_kpi_is_not_alerted_on_and_a_final_one_is_alerted_once() -
     assert [(a.kind, sorted(f.kpi for f in a.findings)) for a in alerts] == [("updated", ["cpa", "ctr"])]
     [cpa] = [f for f in alerts[0].findings if f.kpi == "cpa"]
     assert (cpa.value, cpa.status) == (25.0, "firing")
+
+
+def test_a_stalled_feed_raises_one_stale_alert_holds_its_kpis_and_resolves_when_it_resumes() -> None:
+    from kpi_core.incidents import AlertEvent
+
+    # Spend reports every hour, at most 90 minutes behind; they stop for 12:00-15:00.
+    plan = make_plan(arrival={"ad-spend": {"delay": "90m"}}, targets={"cpa": {"value": 5}})
+    ev = Feed(plan)
+    stream = traffic(ev, hours=7)
+    for h in (0, 4, 5):  # reports for 12:00, then nothing until 16:00
+        at = next(i for i, e in enumerate(stream) if e[3] >= T + (h + 1) * HOUR + 5 * MIN)
+        stream.insert(at, spend(ev, h, 30.0))
+    pipe = LocalPipeline(plan)
+    out = []
+    for i in range(0, len(stream), 200):
+        out += pipe.feed(stream[i : i + 200])
+    alerts = [x for x in out if isinstance(x, AlertEvent)]
+    feed = [a for a in alerts if a.thread == "feed|spend"]
+    assert [(a.seq, a.kind) for a in feed] == [(1, "opened"), (2, "resolved")]
+    assert feed[0].findings[0].rule == "stale" and feed[0].group == {"feed": "spend"}
+    # Opened once spend (at 12:00) was more than 90 minutes behind the fast streams...
+    assert feed[0].end - feed[0].start > 90 * MIN and feed[0].start == T
+    # ...resolved with the 16:00 report.
+    assert feed[1].start == T + 4 * HOUR
+    # While nothing says spend has passed an hour, that hour's CPA stays provisional when the delay
+    # runs out (12:00 has a report, but no later one says it is complete; 13:00 and 14:00 have
+    # none), so missing spend raises no CPA alert. The 16:00 report says spend reached 16:00:
+    # 15:00 is final, with no spend.
+    hours = {s.start: s for s in snaps(out) if s.version == 2}
+    assert [h for h in sorted(hours) if "cpa" in hours[h].provisional] == [T, T + HOUR, T + 2 * HOUR]
+    assert all(hours[h].waiting_for == ["spend"] for h in (T, T + HOUR, T + 2 * HOUR))
+    cpa = [(a.kind, a.start) for a in alerts if any(f.kpi == "cpa" for f in a.findings)]
+    assert cpa[0] == ("opened", T + 3 * HOUR)
+
+
+def test_only_settle_windows_wait_for_delayed_data() -> None:
+    # An hourly report says little about a minute: 1m windows publish what arrived in time
+    # (CPA provisional, no second version, nothing kept), 1h windows wait for the report.
+    plan = make_plan(windows=[{"size": "1m"}, {"size": "1h"}], settle_windows=["1h"])
+    ev = Feed(plan)
+    events = traffic(ev, hours=2) + [spend(ev, 0, 90.0, 1), spend(ev, 1, 80.0, 1)]
+    late: list[Routed] = []
+    out = snaps(list(run_all(plan, events, batch=100, late=late)))
+    minute = [s for s in out if s.window == "1m" and s.start == T]
+    hour = [s for s in out if s.window == "1h" and s.start == T]
+    assert [(s.version, s.measures["spend"], sorted(s.provisional)) for s in minute] == [(1, 0.0, ["cpa", "roas"])]
+    assert [(s.version, s.measures["spend"]) for s in hour] == [(1, 0.0), (2, 90.0)]
+    assert late == []  # the reports are not late for the minutes that never waited for them
+    with pytest.raises(ConfigError) as exc:
+        make_plan(settle_windows=["1d"])
+    assert [p for p, _ in exc.value.problems] == ["settle_windows[0]"]

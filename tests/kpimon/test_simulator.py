@@ -224,3 +224,36 @@ def test_run_against_kafka(kafka_bootstrap: str, unique_prefix: str) -> None:
     assert sorted((r.topic, r.timestamp, r.value) for r in records) == sorted(
         (topics[etype], obj["ts"], orjson.dumps(obj)) for etype, obj in expected
     )
+
+
+def test_platform_delivery_sends_late_restated_spend_reports_lead_syncs_and_lagging_orders() -> None:
+    from kpimon.simulator import Delivery, deliver, generate
+
+    cfg = SimConfig(campaigns=4, rate=2.0, seed=3)
+    start = 1_714_564_800_000
+    events = list(generate(cfg, start_ms=start, duration_s=3 * 3600))
+    d = Delivery(spend_period_s=3600, spend_delay_s=7200, restate_after_s=1800, restate_credit=0.1, lead_sync_s=900, order_lag_s=1800)
+    arrived = list(deliver(iter(events), d))
+    # Nothing is lost but spend, which becomes reports: the rest arrive once each.
+    assert sorted(orjson.dumps(o) for _, t, o in arrived if t != "spend") == sorted(orjson.dumps(o) for t, o in events if t != "spend")
+    assert [a for a, _, _ in arrived] == sorted(a for a, _, _ in arrived)  # in arrival order
+    for at, etype, obj in arrived:
+        assert at >= obj["ts"]
+        if etype == "lead":
+            assert at % 900_000 == 0 and at - obj["ts"] <= 900_000
+        elif etype == "order":
+            assert at == obj["ts"] + 1_800_000
+    # One report per campaign, channel and hour (ts = the hour), 2 h after the hour; its
+    # restatement half an hour later with 10% credited back.
+    spent: dict[tuple[int, str, str], float] = {}
+    for t, o in events:
+        if t == "spend":
+            key = (o["ts"] - o["ts"] % 3_600_000, o["campaign"], o["channel"])
+            spent[key] = spent.get(key, 0.0) + o["amount"]
+    reports = {(o["ts"], o["campaign"], o["channel"], o["report_version"]): (at, o["amount"]) for at, t, o in arrived if t == "spend"}
+    assert {k[:3] for k in reports} == set(spent)
+    for (hour, campaign, channel), total in spent.items():
+        at1, first = reports[(hour, campaign, channel, 1)]
+        at2, second = reports[(hour, campaign, channel, 2)]
+        assert (at1, at2) == (hour + 3 * 3_600_000, hour + 3 * 3_600_000 + 1_800_000)
+        assert first == round(total, 2) and second == round(first * 0.9, 2)

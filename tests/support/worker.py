@@ -31,7 +31,7 @@ def free_port() -> int:
 SOURCES = Topics().sources
 
 
-def close_input(bootstrap: str, prefix: str, ts: int, partitions: int) -> None:
+def close_input(bootstrap: str, prefix: str, ts: int, partitions: int, topics: list[str] | None = None) -> None:
     """A progress marker at ``ts`` (docs/events.md) in every partition of every source topic.
 
     Historical data holds the watermark at each source's latest event (it may be a
@@ -41,7 +41,7 @@ def close_input(bootstrap: str, prefix: str, ts: int, partitions: int) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=bootstrap)
-    for topic in SOURCES:
+    for topic in topics or SOURCES:  # short names (``ad-clicks``), all by default
         for partition in range(partitions):
             producer.send(f"{prefix}-{topic}", value=b"", partition=partition, headers=[("kpimon-watermark", str(ts).encode())])
     producer.flush()
