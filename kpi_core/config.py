@@ -337,7 +337,7 @@ class Config(_Model):
     metrics_port: int = Field(default=6066, ge=0, le=65535)  # KPIMON_METRICS_PORT overrides it
     metrics_host: str = Field(default="0.0.0.0", min_length=1)  # bind address of /metrics + /health; KPIMON_METRICS_HOST overrides it
     top_campaigns: int = Field(default=100, ge=0)  # /metrics labels: the top N campaigns by volume, the rest as "other" (0: all)
-    arrival: dict[str, Arrival] = {}  # source topic -> how its data arrives; undeclared topics stream live
+    arrival: dict[str, Arrival] = {}  # source topic or event type -> how its data arrives; the rest stream live
     # Windows whose KPIs over delayed sources wait for them (default: all). Waiting keeps a
     # window's state for the delay: an hourly report says little about a minute anyway.
     settle_windows: list[str] | None = None
@@ -410,15 +410,15 @@ class Config(_Model):
     def _check_arrival(self, known_fields: dict[str, set[str]], extras: set[str]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         by_type: dict[str, tuple[str, Arrival]] = {}
-        for topic, profile in self.arrival.items():
-            path = f"arrival.{topic}"
-            etype = self.topics.sources.get(topic)
+        for key, profile in self.arrival.items():
+            path = f"arrival.{key}"
+            etype = self.topics.sources.get(key) or (key if key in EVENT_TYPES else None)
             if etype is None:
-                problems.append((path, f"unknown source topic {topic!r}; expected one of {', '.join(self.topics.sources)}"))
+                problems.append((path, f"unknown source topic or event type {key!r}; expected one of {', '.join([*self.topics.sources, *EVENT_TYPES])}"))
                 continue
-            other = by_type.setdefault(etype, (topic, profile))
+            other = by_type.setdefault(etype, (key, profile))
             if other[1] != profile:
-                problems.append((path, f"topics {other[0]!r} and {topic!r} both carry {etype} events: give them the same profile"))
+                problems.append((path, f"{other[0]!r} and {key!r} both describe {etype} events: give them the same profile"))
             r = profile.restates
             if r is None:
                 continue
@@ -432,14 +432,14 @@ class Config(_Model):
                 if m.event == etype and m.distinct:
                     problems.append((f"{path}.restates", f"measure {name!r} counts distinct values of {etype} events, which a replaced report cannot take back"))
         for topic, etype in self.topics.sources.items():
-            if etype in by_type and topic not in self.arrival:
-                problems.append((f"arrival.{topic}", f"{etype} events also come from {by_type[etype][0]!r}: declare the same profile here"))
+            if etype in by_type and by_type[etype][0] in self.topics.sources and topic not in self.arrival:
+                problems.append((f"arrival.{topic}", f"{etype} events also come from {by_type[etype][0]!r}: declare the same profile here, or declare it for the event type ({etype}:)"))
         return problems
 
     def arrival_of(self, etype: str) -> Arrival | None:
-        """The arrival profile of one event type's topics, if declared."""
-        for topic, profile in self.arrival.items():
-            if self.topics.sources.get(topic) == etype:
+        """The arrival profile of one event type (declared for it, or for a topic carrying it)."""
+        for key, profile in self.arrival.items():
+            if key == etype or self.topics.sources.get(key) == etype:
                 return profile
         return None
 

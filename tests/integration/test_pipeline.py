@@ -216,6 +216,8 @@ def test_snapshots_are_published(run: dict[str, Any]) -> None:
             "phase": "events",
             "measures": {"impressions": 100.0, "clicks": 2.0, "click_cost": 2.0, "orders": 1.0},
             "kpis": {"ctr": 0.02, "cpc": 1.0, "conversion_rate": 0.5},
+            "provisional": {},
+            "waiting_for": [],
         }
     ]
 

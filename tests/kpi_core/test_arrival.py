@@ -311,3 +311,12 @@ def test_only_settle_windows_wait_for_delayed_data() -> None:
     with pytest.raises(ConfigError) as exc:
         make_plan(settle_windows=["1d"])
     assert [p for p, _ in exc.value.problems] == ["settle_windows[0]"]
+
+
+def test_a_profile_may_name_the_event_type_so_renamed_topics_keep_it() -> None:
+    raw = {**RAW, "arrival": {"spend": {"delay": "6h"}}, "topics": {"sources": {"fb-costs": "spend", "clicks-v2": "click"}}}
+    plan = Plan(config.from_dict(raw))
+    assert plan.delayed == {"spend"} and plan.source_type("fb-costs:3") == "spend"
+    with pytest.raises(ConfigError) as exc:
+        config.from_dict({**raw, "arrival": {"spend": {"delay": "6h"}, "fb-costs": {"delay": "1h"}}})
+    assert [p for p, _ in exc.value.problems] == ["arrival.fb-costs"]
