@@ -1,0 +1,141 @@
+"""The spend feed stops for two hours of event time while clicks go on, on the real broker and
+worker: one stale-feed alert, the hours without spend held provisional (no alert evaluated on them),
+and the alert resolved when the feed resumes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from kpi_core.results import iso
+from tests.support import truth
+from tests.support.worker import Worker, topic_names
+
+pytestmark = pytest.mark.integration
+
+T = truth.T  # 2024-05-01T12:00:00Z
+MIN, HOUR = 60_000, 3_600_000
+
+
+def _config(prefix: str) -> dict[str, Any]:
+    return {
+        "windows": [{"size": "1h"}],
+        "allowed_lateness": "10s",
+        "idle_timeout": "2s",
+        "breakdowns": [["campaign"]],
+        "measures": {
+            "clicks": {"event": "click"},
+            "click_cost": {"event": "click", "sum": "cost"},
+            "spend": {"event": "spend", "sum": "amount"},
+            "cost": {"add": ["click_cost", "spend"]},
+            "orders": {"event": "order"},
+            "revenue": {"event": "order", "sum": "revenue"},
+        },
+        "kpis": {"cpc": {"ratio": ["click_cost", "clicks"]}, "roas": {"ratio": ["revenue", "cost"]}},
+        # With spend ROAS is 250 / 148 = 1.7 (below target); without it 250 / 48 = 5.2 (above):
+        # an hour judged without its spend would resolve the incident falsely.
+        "targets": {"roas": {"value": 3}},
+        # Hourly reports: the latest is at most 90 minutes behind the clicks when all is well.
+        "arrival": {"spend": {"delay": "90m"}},
+        "topics": topic_names(prefix) | {"partitions": 2},
+    }
+
+
+def _fast(first_min: int, last_min: int) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    for m in range(first_min, last_min):
+        ts = T + m * MIN
+        out += [("click", {"type": "click", "ts": ts + 10_000 + i, "campaign": "alpha", "channel": "search", "cost": 0.4}) for i in range(2)]
+        if m % 12 == 6:
+            out.append(("order", {"type": "order", "ts": ts + 20_000, "campaign": "alpha", "channel": "search", "order_id": f"o{m}",
+                                  "revenue": 50.0, "customer_id": f"c{m}", "new_customer": False}))
+    return out
+
+
+def _report(hour: int) -> tuple[str, dict[str, Any]]:
+    return ("spend", {"type": "spend", "ts": T + hour * HOUR, "campaign": "alpha", "channel": "search", "amount": 100.0})
+
+
+def _send(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for etype, e in evs:
+        producer.send(f"{prefix}-{truth.TOPIC_OF[etype]}", key=e["campaign"].encode(), value=orjson.dumps(e))
+    producer.flush()
+    producer.close()
+
+
+class Topic:
+    """A topic read as it grows."""
+
+    def __init__(self, bootstrap: str, name: str) -> None:
+        self.consumer = KafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                                      group_id=None, consumer_timeout_ms=500)
+        self.seen: list[dict[str, Any]] = []
+
+    def until(self, done: Any, timeout: float) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for batch in self.consumer.poll(timeout_ms=500).values():
+                self.seen += [orjson.loads(r.value) for r in batch]
+            if done(self.seen):
+                return self.seen
+            assert time.monotonic() < deadline, f"timed out with {len(self.seen)} records"
+
+
+@pytest.mark.timeout(600)
+def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_bootstrap: str, tmp_path: Path) -> None:
+    prefix = f"stale{uuid.uuid4().hex[:6]}"
+    worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path).start()
+    alerts = Topic(kafka_bootstrap, f"{prefix}-kpi-alerts")
+    snaps = Topic(kafka_bootstrap, f"{prefix}-kpi-snapshots")
+
+    def thread(name: str) -> list[tuple[int, str]]:
+        return [(a["seq"], a["kind"]) for a in alerts.seen if a["thread"] == name]
+
+    def final_or_held(s: list[dict[str, Any]], hour: int) -> dict[str, Any] | None:
+        return next((x for x in s if x["start"] == iso(T + hour * HOUR) and x["version"] == 2), None)
+
+    try:
+        # 12:00-15:00 of clicks and orders; spend reported for 12:00 and 13:00, then nothing.
+        _send(kafka_bootstrap, prefix, _fast(0, 180) + [_report(0), _report(1)])
+        alerts.until(lambda s: thread("feed|spend") == [(1, "opened")], 120)
+        # 12:00 is final (the 13:00 report says spend passed it) and opens the ROAS incident.
+        seen = snaps.until(lambda s: final_or_held(s, 0) is not None, 60)
+        assert final_or_held(seen, 0)["kpis"]["roas"] == pytest.approx(250 / 148)
+        # Clicks go on to 17:05 while spend stays silent: 13:00 and 14:00 wait out their delay.
+        _send(kafka_bootstrap, prefix, _fast(180, 305))
+        snaps.until(lambda s: all(final_or_held(s, h) for h in (1, 2)), 120)
+        # Then the platform catches up with the 14:00, 15:00 and 16:00 reports.
+        _send(kafka_bootstrap, prefix, [_report(2), _report(3), _report(4)])
+        alerts.until(lambda s: thread("feed|spend") == [(1, "opened"), (2, "resolved")], 120)
+        # ...and the 17:00 one, with clicks to 18:10: 15:00 and 16:00 are final with their spend.
+        _send(kafka_bootstrap, prefix, _fast(305, 370) + [_report(5)])
+        seen = snaps.until(lambda s: final_or_held(s, 4) is not None, 120)
+        time.sleep(3)
+        alerts.until(lambda s: True, 5)
+
+        # 13:00 and 14:00 waited out their delay without spend: ROAS held provisional, never judged.
+        for h in (1, 2):
+            held = final_or_held(seen, h)
+            assert (sorted(held["provisional"]), held["waiting_for"], "roas" in held["kpis"]) == (["roas"], ["spend"], False), h
+            assert held["kpis"]["cpc"] == pytest.approx(0.4)
+        for h in (3, 4):
+            assert final_or_held(seen, h)["kpis"]["roas"] == pytest.approx(250 / 148), h
+        # The 14:00 report came after its hour was published: late (revisions are not built yet).
+        assert truth.count(kafka_bootstrap, f"{prefix}-late-events") == 1
+        # One stale-feed thread, opened and resolved once; the ROAS incident opened once and was
+        # never resolved by an hour without its spend.
+        assert thread("feed|spend") == [(1, "opened"), (2, "resolved")]
+        assert [(a["kind"], a["start"]) for a in alerts.seen if a["thread"] == "1h|campaign|alpha"] == [("opened", T)]
+        stale = next(a for a in alerts.seen if a["thread"] == "feed|spend")
+        assert stale["findings"][0]["rule"] == "stale" and stale["start"] == T + HOUR
+    finally:
+        alerts.consumer.close()
+        snaps.consumer.close()
+        worker.stop()
