@@ -427,7 +427,7 @@ class PartitionAggregator:
                     "live": self.watermark.live_sources(), "slow": self.slow, "closed": self.closed}
         if kind == "r":
             r = self.reports[parts[1:]]
-            return {"v": r.version, "t": r.ts, "d": r.data}
+            return {"version": r.version, "t": r.ts, "d": r.data}
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
@@ -458,7 +458,7 @@ class PartitionAggregator:
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
         elif kind == "r":
-            self.reports[tuple(parts[1:])] = Report(value["v"], value["t"], value["d"])
+            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], value["d"])
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]

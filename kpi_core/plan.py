@@ -162,7 +162,7 @@ class Plan:
 
     def source_type(self, source: str) -> str | None:
         """The event type of a source partition (``topic:partition``), if its topic is known."""
-        return self.type_of_topic.get(source.rpartition(":")[0])
+        return self.type_of_topic.get(source.rpartition(":")[0] or source)
 
     def source_of(self, event_type: str) -> str:
         """A source name for events read without Kafka (replay): the first topic of the type, partition 0."""

@@ -81,10 +81,14 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
 def _table(plan: Plan, snapshots: list[Snapshot], alerts: list[AlertEvent], out: Console) -> None:
     units = {k.name: k.kpi.unit for k in plan.kpis}
     table = Table(title="closed windows")
-    for col in ("window", "start", "breakdown", "group", "kpi", "value"):
+    for col in ("window", "start", "breakdown", "group", "kpi", "value", "status"):
         table.add_column(col)
     for snap in snapshots:
-        for kpi, value in snap.kpis.items():
+        # A second version repeats the fast KPIs unchanged: show only what it settles.
+        rows = [(k, v, "final") for k, v in snap.kpis.items() if snap.version == 1 or plan.kpi_by_name[k].waits]
+        waiting = ", ".join(snap.waiting_for)
+        rows += [(k, v, f"provisional (waits for {waiting})") for k, v in snap.provisional.items()]
+        for kpi, value, note in rows:
             table.add_row(
                 snap.window,
                 iso(snap.start),
@@ -92,6 +96,7 @@ def _table(plan: Plan, snapshots: list[Snapshot], alerts: list[AlertEvent], out:
                 ",".join(snap.group.values()) or "all",
                 kpi,
                 "missing" if value is None else format_value(value, units[kpi]),
+                note,
             )
     out.print(table)
     if alerts:
