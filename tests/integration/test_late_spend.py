@@ -13,9 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 
 from kpi_core.results import iso
 from tests.support import truth
@@ -77,35 +75,6 @@ def _report(campaign: str, amount: float, version: int) -> tuple[str, dict[str, 
     return ("spend", {"type": "spend", "ts": T, "campaign": campaign, "channel": "search", "amount": amount, "report_version": version})
 
 
-def _send(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for etype, e in evs:
-        # keyed by campaign, as an ad platform connector would: one campaign's reports stay in order
-        producer.send(f"{prefix}-{truth.TOPIC_OF[etype]}", key=e["campaign"].encode(), value=orjson.dumps(e))
-    producer.flush()
-    producer.close()
-
-
-class Snapshots:
-    """The snapshot topic, read as it grows."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                                      group_id=None, consumer_timeout_ms=500)
-        self.seen: list[dict[str, Any]] = []
-
-    def until(self, done: Any, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while not done(self.seen):
-            assert time.monotonic() < deadline, f"timed out; have {[(s['start'], s['group'], s['version']) for s in self.seen]}"
-            for batch in self.consumer.poll(timeout_ms=500).values():
-                self.seen += [orjson.loads(r.value) for r in batch]
-        return self.seen
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 def _of(seen: list[dict[str, Any]], start: int, version: int) -> dict[str, dict[str, Any]]:
     """One window's snapshots of one version, by campaign."""
     at = iso(start)
@@ -126,10 +95,10 @@ def test_a_spend_report_two_hours_late_and_restated_three_times_with_kills(kafka
     last_spend = {"alpha": 96.0, "beta": 48.5}
 
     worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path).start()
-    snaps = Snapshots(kafka_bootstrap, f"{prefix}-kpi-snapshots")
+    snaps = truth.Growing(kafka_bootstrap, f"{prefix}-kpi-snapshots")
     try:
         # Clicks, leads and orders up to 14:30; the fast streams say they have reached it.
-        _send(kafka_bootstrap, prefix, fast)
+        truth.send_by_campaign(kafka_bootstrap, prefix, fast)
         close_input(kafka_bootstrap, prefix, T + 150 * MIN, 4, topics=FAST)
         sent = time.monotonic()
         seen = snaps.until(lambda s: len(_of(s, T, 1)) == 2 and len(_of(s, T + HOUR, 1)) == 2, 120)
@@ -144,15 +113,15 @@ def test_a_spend_report_two_hours_late_and_restated_three_times_with_kills(kafka
 
         # 14:xx: the platform's report for 12:00 arrives, then is restated twice; the worker is
         # killed after the first report and after the first restatement.
-        _send(kafka_bootstrap, prefix, [_report("alpha", 100.0, 1), _report("beta", 50.0, 1)])
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report("alpha", 100.0, 1), _report("beta", 50.0, 1)])
         time.sleep(2)
         worker.kill()
         worker.start()
-        _send(kafka_bootstrap, prefix, [_report("beta", 49.0, 2), _report("alpha", 98.0, 2)])
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report("beta", 49.0, 2), _report("alpha", 98.0, 2)])
         time.sleep(2)
         worker.kill()
         worker.start()
-        _send(kafka_bootstrap, prefix, [_report("alpha", 96.0, 3), _report("beta", 48.5, 3)])
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report("alpha", 96.0, 3), _report("beta", 48.5, 3)])
         # Nothing says the hour's report is complete yet...
         time.sleep(3)
         assert _of(snaps.until(lambda s: True, 5), T, 2) == {}

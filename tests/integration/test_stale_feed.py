@@ -9,9 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 
 from kpi_core.results import iso
 from tests.support import truth
@@ -62,38 +60,12 @@ def _report(hour: int) -> tuple[str, dict[str, Any]]:
     return ("spend", {"type": "spend", "ts": T + hour * HOUR, "campaign": "alpha", "channel": "search", "amount": 100.0})
 
 
-def _send(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for etype, e in evs:
-        producer.send(f"{prefix}-{truth.TOPIC_OF[etype]}", key=e["campaign"].encode(), value=orjson.dumps(e))
-    producer.flush()
-    producer.close()
-
-
-class Topic:
-    """A topic read as it grows."""
-
-    def __init__(self, bootstrap: str, name: str) -> None:
-        self.consumer = KafkaConsumer(name, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                                      group_id=None, consumer_timeout_ms=500)
-        self.seen: list[dict[str, Any]] = []
-
-    def until(self, done: Any, timeout: float) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            for batch in self.consumer.poll(timeout_ms=500).values():
-                self.seen += [orjson.loads(r.value) for r in batch]
-            if done(self.seen):
-                return self.seen
-            assert time.monotonic() < deadline, f"timed out with {len(self.seen)} records"
-
-
 @pytest.mark.timeout(600)
 def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_bootstrap: str, tmp_path: Path) -> None:
     prefix = f"stale{uuid.uuid4().hex[:6]}"
     worker = Worker(_config(prefix), bootstrap=kafka_bootstrap, app_id=prefix, tmp=tmp_path).start()
-    alerts = Topic(kafka_bootstrap, f"{prefix}-kpi-alerts")
-    snaps = Topic(kafka_bootstrap, f"{prefix}-kpi-snapshots")
+    alerts = truth.Growing(kafka_bootstrap, f"{prefix}-kpi-alerts")
+    snaps = truth.Growing(kafka_bootstrap, f"{prefix}-kpi-snapshots")
 
     def thread(name: str) -> list[tuple[int, str]]:
         return [(a["seq"], a["kind"]) for a in alerts.seen if a["thread"] == name]
@@ -103,19 +75,23 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
 
     try:
         # 12:00-15:00 of clicks and orders; spend reported for 12:00 and 13:00, then nothing.
-        _send(kafka_bootstrap, prefix, _fast(0, 180) + [_report(0), _report(1)])
+        truth.send_by_campaign(kafka_bootstrap, prefix, _fast(0, 180) + [_report(0), _report(1)])
         alerts.until(lambda s: thread("feed|spend") == [(1, "opened")], 120)
         # 12:00 is final (the 13:00 report says spend passed it) and opens the ROAS incident.
         seen = snaps.until(lambda s: final_or_held(s, 0) is not None, 60)
         assert final_or_held(seen, 0)["kpis"]["roas"] == pytest.approx(250 / 148)
         # Clicks go on to 17:05 while spend stays silent: 13:00 and 14:00 wait out their delay.
-        _send(kafka_bootstrap, prefix, _fast(180, 305))
+        truth.send_by_campaign(kafka_bootstrap, prefix, _fast(180, 305))
         snaps.until(lambda s: all(final_or_held(s, h) for h in (1, 2)), 120)
         # Then the platform catches up with the 14:00, 15:00 and 16:00 reports.
-        _send(kafka_bootstrap, prefix, [_report(2), _report(3), _report(4)])
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report(2), _report(3), _report(4)])
         alerts.until(lambda s: thread("feed|spend") == [(1, "opened"), (2, "resolved")], 120)
-        # ...and the 17:00 one, with clicks to 18:10: 15:00 and 16:00 are final with their spend.
-        _send(kafka_bootstrap, prefix, _fast(305, 370) + [_report(5)])
+        # ...and the 17:00 one, then clicks to 18:10: 15:00 and 16:00 are final with their spend.
+        # (The report first: topics are read side by side, and clicks read far ahead of a report
+        # due long ago would rightly make the feed stale again.)
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report(5)])
+        time.sleep(2)
+        truth.send_by_campaign(kafka_bootstrap, prefix, _fast(305, 370))
         seen = snaps.until(lambda s: final_or_held(s, 4) is not None, 120)
         time.sleep(3)
         alerts.until(lambda s: True, 5)
@@ -136,6 +112,6 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
         stale = next(a for a in alerts.seen if a["thread"] == "feed|spend")
         assert stale["findings"][0]["rule"] == "stale" and stale["start"] == T + HOUR
     finally:
-        alerts.consumer.close()
-        snaps.consumer.close()
+        alerts.close()
+        snaps.close()
         worker.stop()

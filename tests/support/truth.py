@@ -222,3 +222,35 @@ def count(bootstrap: str, topic: str, *, quiet: float = 3.0) -> int:
     finally:
         consumer.close()
     return n
+
+
+def send_by_campaign(bootstrap: str, prefix: str, evs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Every event to its type's source topic, keyed by campaign, as an ad platform connector
+    sends reports: one campaign's stay in order. Waits until all are acknowledged."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for etype, e in evs:
+        producer.send(f"{prefix}-{TOPIC_OF[etype]}", key=e["campaign"].encode(), value=orjson.dumps(e))
+    producer.flush()
+    producer.close()
+
+
+class Growing:
+    """A topic of JSON records (snapshots, alerts), read as it grows."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
+                                      group_id=None, consumer_timeout_ms=500)
+        self.seen: list[dict[str, Any]] = []
+
+    def until(self, done: Any, timeout: float) -> list[dict[str, Any]]:
+        """Read on until ``done(seen)`` holds; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for batch in self.consumer.poll(timeout_ms=500).values():
+                self.seen += [orjson.loads(r.value) for r in batch]
+            if done(self.seen):
+                return self.seen
+            assert time.monotonic() < deadline, f"timed out after {timeout}s with {len(self.seen)} records"
+
+    def close(self) -> None:
+        self.consumer.close()
