@@ -126,6 +126,8 @@ def _event_title(event: AlertEvent) -> str:
     """``🔴 CRITICAL · campaign=spring-sale · 2 KPIs breaching``, or ``✅ RESOLVED · …``."""
     group = _group_label(event.dims, event.group)
     if event.kind == "resolved":
+        if all(f.rule == "stale" for f in event.findings):
+            return f"{_RESOLVED_ICON} RESOLVED · {group} · feed caught up"
         n = len(event.findings)
         return f"{_RESOLVED_ICON} RESOLVED · {group} · {_count(n)} back to normal"
     firing = [f for f in event.findings if f.status == "firing"]

@@ -129,3 +129,26 @@ def test_update_text_by_change(event: AlertEvent, previous: tuple[str, list[str]
 def test_event_without_findings_is_a_mistake() -> None:
     with pytest.raises(ValueError):
         render_event(make_event(findings=[]))
+
+
+def test_a_stale_feed_says_how_far_behind_it_is_and_that_its_kpis_are_held() -> None:
+    from kpi_core import config
+    from kpi_core.alerting import AlertEngine
+    from kpi_core.plan import Plan
+
+    plan = Plan(config.from_dict({"measures": {"spend": {"event": "spend", "sum": "amount"}}, "kpis": {"spend": {"measure": "spend"}},
+                                  "arrival": {"spend": {"delay": "90m"}}}))
+    engine = AlertEngine(plan)
+    noon = 1_714_564_800_000
+    [opened] = engine.check_feeds(noon + 2 * 3_600_000, {"spend": noon})
+    text, blocks = render_event(opened)
+    assert text == ("🟠 WARNING · feed=spend · feed stale: its KPIs are held provisional\n"
+                    "🟠 spend feed 2.0 h behind the fast streams (delay 1.5 h) · "
+                    "rule: feed stale · reported up to 2024-05-01T12:00:00Z, fast streams at 2024-05-01T14:00:00Z")
+    assert_valid_blocks(blocks)
+    assert engine.check_feeds(noon + 2 * 3_600_000 + 60_000, {"spend": noon}) == []  # still stale: nothing new
+    [resolved] = engine.check_feeds(noon + 3 * 3_600_000, {"spend": noon + 2 * 3_600_000})
+    assert (resolved.kind, resolved.seq, resolved.thread) == ("resolved", 2, "feed|spend")
+    assert render_event(resolved)[0].splitlines()[0] == "✅ RESOLVED · feed=spend · feed caught up"
+    assert render_event(resolved)[0].splitlines()[1] == ("✅ spend feed caught up: 1.0 h behind the fast streams (delay 1.5 h) · "
+                                                        "rule: feed stale · reported up to 2024-05-01T14:00:00Z, fast streams at 2024-05-01T15:00:00Z")
