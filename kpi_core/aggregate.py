@@ -120,6 +120,7 @@ class PartitionAggregator:
         self.horizon = NEVER  # watermark − lateness: the first pass of everything ending by this is closed
         self.closed: dict[str, int] = {}  # pass -> its horizon, as last reported to stage 2
         self.reports: dict[tuple[Any, ...], Report] = {}  # restated key -> the report counted for it
+        self.restatements = {"replaced": 0, "outdated": 0}  # reports that replaced one, or came older than it (a tally, not state)
         self.applied: dict[str, int] = {}  # source -> highest offset seen, stored with the watermark
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
@@ -212,7 +213,9 @@ class PartitionAggregator:
         cells: list[Cell] = []
         if old is not None:
             if version < old.version:
+                self.restatements["outdated"] += 1
                 return None
+            self.restatements["replaced"] += 1
             taken = self.plan.contribution(etype, old.data)
             for wi, (size, step) in enumerate(self._windows):
                 h = horizon if wi in self.plan.settles or etype not in self.plan.delayed else fast

@@ -58,14 +58,19 @@ class LocalPipeline:
         return out
 
 
-def run_all(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000, late: list[Routed] | None = None) -> Iterator[Output]:
+def run_all(plan: Plan, events: Iterable[Routed], *, batch: int = 10_000, late: list[Routed] | None = None,
+            restated: dict[str, int] | None = None) -> Iterator[Output]:
     """Every snapshot and alert event for a finite stream of events, in window order.
 
-    Events too late to count are appended to ``late`` (when given) as they are found.
+    Events too late to count are appended to ``late`` (when given) as they are found;
+    ``restated`` (when given) gets the tally of restated reports, replaced and outdated.
     """
     pipe = LocalPipeline(plan)
     if late is not None:
         pipe.late = late
+    if restated is not None:
+        pipe.stage1.restatements = restated
+        restated.update(replaced=0, outdated=0)
     buf: list[Routed] = []
     for ev in events:
         buf.append(ev)

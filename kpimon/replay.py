@@ -53,7 +53,8 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
                 yield obj
 
         late: list[Routed] = []
-        for item in run_all(plan, routed(plan, rows(), invalid), late=late):
+        restated: dict[str, int] = {}
+        for item in run_all(plan, routed(plan, rows(), invalid), late=late, restated=restated):
             if isinstance(item, AlertEvent):
                 alerts.append(item)
                 if fmt == "jsonl":
@@ -69,6 +70,9 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
         _table(plan, snapshots, alerts, out)
     if invalid:
         err.print("invalid events skipped: " + ", ".join(f"{r}={n}" for r, n in sorted(invalid.items())))
+    if any(restated.values()):
+        err.print(f"restated reports: {restated['replaced']} replaced the report counted for their key, "
+                  f"{restated['outdated']} were older versions than it and were not counted")
     if late:
         by_type: dict[str, int] = {}
         for _, _, etype, _, _ in late:

@@ -147,6 +147,8 @@ class Metrics:
         self.events = Counter("kpimon_events", "Valid events consumed, by type", ["type"], registry=r)
         self.invalid = Counter("kpimon_events_invalid", "Events sent to the dead-letter topic, by reason", ["reason"], registry=r)
         self.late = Counter("kpimon_events_late", "Events later than the allowed lateness (sent to late-events)", registry=r)
+        self.restated = Counter("kpimon_reports_restated", "Restated reports (config.arrival restates): replaced the one counted, or older than it (not counted)",
+                                ["outcome"], registry=r)
         self.refilled = Counter("kpimon_input_refilled", "Internal messages the Faust stream skipped, read back from Kafka and applied in order", ["topic"], registry=r)
         self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
         self.alerts = Counter("kpimon_alerts", "Alert deliveries, by outcome", ["outcome"], registry=r)

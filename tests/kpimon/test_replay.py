@@ -207,3 +207,18 @@ def test_late_events_are_reported_not_silently_dropped(tmp_path: Path) -> None:
     rows = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["late"] for r in rows if "late" in r] == [{"type": "spend", "ts": T + 1_000, "campaign": "spring", "channel": "email", "amount": 30.0}]
     assert "late events not counted" in result.stderr and "spend=1" in result.stderr
+
+
+def test_replay_says_how_restated_reports_were_counted(tmp_path: Path) -> None:
+    # The built-in config restates spend by campaign and channel, the higher report_version winning.
+    spend = [{"type": "spend", "ts": T, "campaign": "spring", "channel": "email", "amount": a, "report_version": v}
+             for a, v in ((100.0, 1), (97.0, 3), (98.0, 2))]
+    path = _write(tmp_path, spend)
+    result = CliRunner().invoke(cli, ["replay", str(path)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "restated reports: 1 replaced the report counted for their key, 1 were older versions than it and were not counted" in said
+    rows = [orjson.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    hourly = [r["snapshot"] for r in rows if "snapshot" in r and r["snapshot"]["window"] == "1h" and r["snapshot"]["breakdown"] == "campaign"
+              and r["snapshot"]["phase"] == "events"]
+    assert [(s["version"], s["measures"]["spend"]) for s in hourly] == [(1, 97.0), (2, 97.0)]
