@@ -74,8 +74,12 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
         return next((x for x in s if x["start"] == iso(T + hour * HOUR) and x["version"] == 2), None)
 
     try:
-        # 12:00-15:00 of clicks and orders; spend reported for 12:00 and 13:00, then nothing.
-        truth.send_by_campaign(kafka_bootstrap, prefix, _fast(0, 180) + [_report(0), _report(1)])
+        # Spend reported for 12:00 and 13:00, then nothing; clicks and orders go on to 15:00. (The
+        # reports first: topics are read side by side, and clicks read before them would let the
+        # delay run out on 12:00 before its report is in.)
+        truth.send_by_campaign(kafka_bootstrap, prefix, [_report(0), _report(1)])
+        time.sleep(2)
+        truth.send_by_campaign(kafka_bootstrap, prefix, _fast(0, 180))
         alerts.until(lambda s: thread("feed|spend") == [(1, "opened")], 120)
         # 12:00 is final (the 13:00 report says spend passed it) and opens the ROAS incident.
         seen = snaps.until(lambda s: final_or_held(s, 0) is not None, 60)
