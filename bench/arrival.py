@@ -65,7 +65,7 @@ def waiting_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
                 off += 1
                 batch.append((src["spend"], off, "spend", start + h * HOUR, {**base, "amount": 100.0 - version, "report_version": version}))
         agg.apply(batch)
-        for s, t in {e[0]: e[3] for e in batch}.items():
+        for s in {e[0] for e in batch}:
             if plan.source_type(s) not in plan.delayed:
                 agg.observe(s, start + (h + 1) * HOUR + 20_000, None)  # the fast streams move on
         agg.advance(None)

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase, is_complete
+from kpi_core.plan import SESSIONS, Plan, base_phase, is_complete
 from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
@@ -134,6 +134,7 @@ class PartitionAggregator:
         late: list[Routed] = []
         plan, fast = self.plan, self.horizon
         late_at = self._late_horizons() if plan.arrival else {}
+        by_type: dict[str, list[tuple[int, bool]]] = {}  # event type -> _window_horizons, once per call
         applied, dirty = self.applied, self._dirty
         for ev in events:
             src, off, etype, ts, data = ev
@@ -142,24 +143,22 @@ class PartitionAggregator:
             applied[src] = off
             dirty.add(("w",))
             is_late = False
-            horizon = late_at.get(etype, fast)
-            # Windows that do not wait for delayed data (config.settle_windows) take what
-            # arrived by their first pass, and a report arriving after it is not late there.
-            unsettled = etype in plan.delayed and len(plan.settles) < len(self._windows)
+            horizons = by_type.get(etype)
+            if horizons is None:
+                horizons = by_type[etype] = self._window_horizons(etype, late_at.get(etype, fast))
             contribution = plan.contribution(etype, data) if etype in plan.feeds else None
             feeds_measures = contribution is not None
             groups = plan.groups(data) if feeds_measures else ()
             taken: list[Cell] = []
             if feeds_measures and etype in plan.restated:
-                taken = self._restate(src, off, etype, ts, data, horizon, fast)
+                taken = self._restate(src, off, etype, ts, data, horizons)
                 if taken is None:
                     continue  # an older version of a report already counted
             for wi, (size, step) in enumerate(self._windows):
-                settles = not unsettled or wi in plan.settles
-                h = horizon if settles else fast
+                h, counts_late = horizons[wi]
                 for start in window_starts(ts, size, step):
                     if start + size <= h:
-                        is_late = is_late or settles
+                        is_late = is_late or counts_late
                         continue
                     if not feeds_measures:
                         continue
@@ -197,7 +196,19 @@ class PartitionAggregator:
             out[etype] = max(passes) if passes else self.horizon
         return out
 
-    def _restate(self, src: str, off: int, etype: str, ts: int, data: dict[str, Any], horizon: int, fast: int) -> list[Cell] | None:
+    def _window_horizons(self, etype: str, horizon: int) -> list[tuple[int, bool]]:
+        """Per window: the horizon by which this type's events stop counting there, and whether
+        missing it makes an event late. ``horizon``: the type's own (``_late_horizons``).
+
+        Windows that do not wait for delayed data (config.settle_windows) take what arrived
+        by their first pass, and a report arriving after it is not late there.
+        """
+        delayed = etype in self.plan.delayed
+        return [(horizon, True) if not delayed or wi in self.plan.settles else (self.horizon, False)
+                for wi in range(len(self._windows))]
+
+    def _restate(self, src: str, off: int, etype: str, ts: int, data: dict[str, Any],
+                 horizons: list[tuple[int, bool]]) -> list[Cell] | None:
         """Make a report the one its key counts as, taking the one it replaces back out of the
         windows still open; return the cells it was taken from. None when the report is older
         (by version) than the one counted.
@@ -218,7 +229,7 @@ class PartitionAggregator:
             self.restatements["replaced"] += 1
             taken = self.plan.contribution(etype, old.data)
             for wi, (size, step) in enumerate(self._windows):
-                h = horizon if wi in self.plan.settles or etype not in self.plan.delayed else fast
+                h = horizons[wi][0]
                 for start in window_starts(old.ts, size, step):
                     window = self.cells.get((wi, start))
                     if taken is None or start + size <= h or window is None:
@@ -288,7 +299,7 @@ class PartitionAggregator:
         plan, h = self.plan, self.horizon
         if h >= FOREVER or h <= NEVER:
             return {p: h for p in plan.passes}
-        out = {EVENTS: h, SESSIONS: h - plan.session_timeout}
+        out = plan.first_pass_horizons(h)
         for p, types in plan.waits.items():
             out[p] = min(out[base_phase(p)], *(self._type_horizon(t) for t in types))
         return {p: out[p] for p in plan.passes}
@@ -334,6 +345,7 @@ class PartitionAggregator:
         last = min(new.values())
         last_unsettled = min(h for p, h in new.items() if not is_complete(p))
         sessions = self._session_windows(old.get(SESSIONS, NEVER), new[SESSIONS]) if SESSIONS in new else set()
+        reported = {t: self.reported(t) for t in self.plan.delayed}
         for (wi, start) in sorted(self.cells.keys() | sessions):
             end = start + self._windows[wi][0]
             for p in passes:
@@ -343,7 +355,7 @@ class PartitionAggregator:
                     if p == SESSIONS:
                         self._add_sessions(wi, start, end)
                     # The end of a replay (FOREVER) has read everything: nothing is stale there.
-                    stale = () if new[p] >= FOREVER else tuple(sorted(t for t in self.plan.waits.get(p, ()) if self.reported(t) < end))
+                    stale = () if new[p] >= FOREVER else tuple(sorted(t for t in self.plan.waits.get(p, ()) if reported[t] < end))
                     out += self._emit(wi, start, p, stale)
             if end <= (last if wi in settles else last_unsettled):
                 for g in self.cells.pop((wi, start), {}):
@@ -454,7 +466,7 @@ class PartitionAggregator:
             for src, ts in value.get("slow", {}).items():
                 self.slow[src] = max(ts, self.slow.get(src, -1))
             # Stored before passes existed: the first pass of each phase is where the horizon says.
-            closed = value.get("closed") or {EVENTS: value["horizon"], SESSIONS: value["horizon"] - self.plan.session_timeout}
+            closed = value.get("closed") or self.plan.first_pass_horizons(value["horizon"])
             for p, h in closed.items():
                 self.closed[p] = max(h, self.closed.get(p, NEVER))
         elif kind == "c":

@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from kpi_core.aggregate import NEVER
 from kpi_core.config import Target
 from kpi_core.incidents import AlertEvent, Contributor, Finding
 from kpi_core.plan import EVENTS, KpiPlan, Plan
@@ -26,7 +27,6 @@ from kpi_core.results import Snapshot, breakdown_name
 from kpi_core.state import Change, drain
 
 WEEK_MS = 7 * 86_400_000
-NEVER_REPORTED = -(2**62)  # kpi_core.aggregate.NEVER
 NO_DATA = "no_data"
 STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
 
@@ -396,8 +396,8 @@ class AlertEngine:
         """
         events = []
         for etype in sorted(self.plan.delayed):
-            at = reported.get(etype, NEVER_REPORTED)
-            if at <= NEVER_REPORTED or fast <= NEVER_REPORTED:
+            at = reported.get(etype, NEVER)
+            if at <= NEVER or fast <= NEVER:
                 continue
             delay = self.plan.arrival[etype].delay
             behind = fast - at

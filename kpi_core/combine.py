@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import orjson
 
 from kpi_core.aggregate import NEVER, Partial
-from kpi_core.plan import EVENTS, SESSIONS, Plan, base_phase, is_complete
+from kpi_core.plan import EVENTS, Plan, base_phase, is_complete
 from kpi_core.results import Snapshot
 from kpi_core.state import Change, drain
 
@@ -66,15 +66,10 @@ class Combiner:
         lowest = self._lowest()
         return lowest.get(EVENTS, NEVER), {t: lowest.get("@" + t, NEVER) for t in self.plan.delayed}
 
-    def legacy_horizons(self, horizon: int) -> dict[str, int]:
-        """A single horizon, as stage 1 reported it before passes existed."""
-        out = {EVENTS: horizon, SESSIONS: horizon - self.plan.session_timeout}
-        return {p: h for p, h in out.items() if p == EVENTS or p in self.plan.passes}
-
     def receive(self, source: int, horizons: dict[str, int] | int, partials: Iterable[Partial]) -> None:
         """Merge one stage-1 partition's report."""
-        if isinstance(horizons, int):
-            horizons = self.legacy_horizons(horizons)
+        if isinstance(horizons, int):  # sent before passes existed
+            horizons = self.plan.first_pass_horizons(horizons)
         merged_now: set[tuple[int, int, str]] = set()
         # Everything that ended by the lowest horizon was finalized already (finalize
         # runs after every report): a partial for it is a redelivery after a crash.
@@ -216,7 +211,7 @@ class Combiner:
         if parts[0] == "h":
             for s, h in value.items():
                 mine = self.horizons.setdefault(int(s), {})
-                for p, x in (self.legacy_horizons(h) if isinstance(h, int) else h).items():
+                for p, x in (self.plan.first_pass_horizons(h) if isinstance(h, int) else h).items():
                     mine[p] = max(x, mine.get(p, NEVER))
         elif parts[0] == "e":
             for wi, start in value.items():

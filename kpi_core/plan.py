@@ -154,6 +154,14 @@ class Plan:
             return any(self._from_sessions(r) for r in m.add)
         return m.event == "session"
 
+    def first_pass_horizons(self, horizon: int) -> dict[str, int]:
+        """Each phase's first-pass horizon, from the fast one: sessions close a session timeout later.
+
+        Also how a single stored horizon (state from before passes existed) reads.
+        """
+        out = {EVENTS: horizon, SESSIONS: horizon - self.session_timeout}
+        return {p: h for p, h in out.items() if p == EVENTS or p in self.passes}
+
     def _event_types(self, name: str) -> set[str]:
         m = self.config.measures[name]
         if m.add is not None:
