@@ -236,12 +236,12 @@ class Pipeline:
                 agg.report(watermarks, backlog, now, sent_at)
         if not applied:
             return  # all applied before: a redelivery
-        # Late records go out before the state that marks them applied
-        # (a crash in between reports them again rather than never).
         for outcome, n in agg.restatements.items():
             if n:
                 self.metrics.restated.labels(outcome).inc(n)
                 agg.restatements[outcome] = 0
+        # Late records go out before the state that marks them applied
+        # (a crash in between reports them again rather than never).
         for src, off, etype, ts, data in late:
             self.metrics.late.inc()
             await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
