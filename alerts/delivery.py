@@ -369,7 +369,7 @@ def build_delivery(
 
 def _never_shown(event: AlertEvent, state: DeliveryState) -> bool:
     """A resolve of a thread nobody was shown (its opening was silenced): there is nothing to resolve."""
-    if event.kind == "resolved" and state.root_ts is None and state.severity is None:
+    if event.kind in ("resolved", "withdrawn") and state.root_ts is None and state.severity is None:
         log.info("Alert %s resolves a thread that was never shown; nothing to send", event.id)
         return True
     return False

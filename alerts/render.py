@@ -48,6 +48,7 @@ def _clip(text: str, limit: int) -> str:
 
 _ICONS = {"critical": "🔴", "warning": "🟠"}
 _RESOLVED_ICON = "✅"
+_WITHDRAWN_ICON = "↩️"
 _RULES = {"target": "target", "drift": "drift", "no_data": "no data", "stale": "feed stale"}
 
 
@@ -104,6 +105,10 @@ def render_update(
         return "Opened: " + "; ".join(_short(f, event) for f in firing or event.findings)
     if event.kind == "resolved":
         return "Resolved: " + "; ".join(_short(f, event) for f in resolved or event.findings)
+    withdrawn = [f for f in event.findings if f.status == "withdrawn"]
+    if event.kind == "withdrawn":
+        return _clip(f"Withdrawn: {_revision(event)}. " + "; ".join(_short(f, event) for f in withdrawn or event.findings)
+                     + ". This alert should not have opened.", MAX_TEXT_CHARS)
     if event.kind == "reminder":
         return "Still firing: " + "; ".join(_short(f, event) for f in firing or event.findings)
     lines = []
@@ -117,14 +122,27 @@ def render_update(
             lines.append("New: " + "; ".join(_short(f, event) for f in new))
     if resolved:
         lines.append("Resolved: " + "; ".join(_short(f, event) for f in resolved))
+    if withdrawn:
+        lines.append(f"Withdrawn ({_revision(event)}): " + "; ".join(_short(f, event) for f in withdrawn))
     if not lines or (previously_firing is None and firing):
         lines.append("Still firing: " + "; ".join(_short(f, event) for f in firing))
     return _clip("\n".join(lines), MAX_TEXT_CHARS)
 
 
+def _revision(event: AlertEvent) -> str:
+    """``the window's data was revised (version 3: spend 120.00 → 60.00)``."""
+    changed = event.extra.get("revised") or {}
+    what = ", ".join(f"{m} {_amount(a)} → {_amount(b)}" for m, (a, b) in sorted(changed.items()))
+    version = event.extra.get("revision")
+    about = ": ".join(x for x in (f"version {version}" if version else "", what) if x)
+    return "the window's data was revised" + (f" ({about})" if about else "")
+
+
 def _event_title(event: AlertEvent) -> str:
     """``🔴 CRITICAL · campaign=spring-sale · 2 KPIs breaching``, or ``✅ RESOLVED · …``."""
     group = _group_label(event.dims, event.group)
+    if event.kind == "withdrawn":
+        return f"{_WITHDRAWN_ICON} WITHDRAWN · {group} · revised data: {_count(len(event.findings))} not breaching after all"
     if event.kind == "resolved":
         if all(f.rule == "stale" for f in event.findings):
             return f"{_RESOLVED_ICON} RESOLVED · {group} · feed caught up"
@@ -146,7 +164,7 @@ def _count(n: int) -> str:
 
 def _finding_facts(f: Finding, event: AlertEvent) -> tuple[str, str, str, list[str]]:
     """Icon, KPI name, verdict and detail lines of one finding, escaped for mrkdwn."""
-    icon = _RESOLVED_ICON if f.status == "resolved" else _ICONS.get(f.severity, "🔴")
+    icon = {"resolved": _RESOLVED_ICON, "withdrawn": _WITHDRAWN_ICON}.get(f.status) or _ICONS.get(f.severity, "🔴")
     details = []
     # A resolved finding keeps the volume of the window that fired it: not shown, as it would mislead.
     if f.rule not in ("no_data", "stale") and f.status == "firing":
@@ -189,6 +207,10 @@ def _verdict(f: Finding) -> str:
         refs.append(f"baseline {format_value(f.baseline, f.unit)}")
     if f.target is not None and name != "target":
         refs.append(f"target {format_value(f.target, f.unit)}")
+    if f.status == "withdrawn":
+        now = "has no value" if f.value is None else f"revised to {format_value(f.value, f.unit)}"
+        was = f"{format_value(f.revised_from, f.unit)} {_side(f)} {name} {format_value(line, f.unit)}" if f.revised_from is not None and line is not None else None
+        return f"withdrawn: {now}" + (f" (alerted on {was})" if was else "")
     if f.value is None:
         verdict = "has no value"
     elif f.status == "resolved":
@@ -213,7 +235,7 @@ def _short(f: Finding, event: AlertEvent) -> str:
     if f.rule == "stale":
         return _escape(f"{f.kpi} {_verdict(f)}")
     name, line = _line(f)
-    if f.status == "resolved" or f.value is None or line is None:
+    if f.status in ("resolved", "withdrawn") or f.value is None or line is None:
         return _escape(f"{f.kpi} {_verdict(f)}")
     return _escape(f"{f.kpi} {format_value(f.value, f.unit)} {_side(f)} {name} {format_value(line, f.unit)}")
 

@@ -10,6 +10,10 @@ Late data (``config.arrival``): sources with a ``delay`` do not hold the
 watermark. Their own progress (``slow``) decides a phase's second pass
 (``events+complete``), which waits for them up to ``delay``; their events count
 until that pass closes. Restated reports replace the earlier report of their key.
+After a window's last pass, a type with ``revise_for`` still changes it: the
+window's revisable slots stay (``settled``), and each change is sent again as
+this partition's whole share of those slots (a *revision*, phase ``REVISION``),
+which stage 2 puts in place of the share it had.
 
 Exactly-once bookkeeping: every stored cell remembers, per source partition, the
 highest source offset it has absorbed (``marks``). Cells and marks are stored
@@ -26,7 +30,7 @@ from typing import Any, Iterable
 
 import orjson
 
-from kpi_core.plan import SESSIONS, Plan, base_phase, is_complete
+from kpi_core.plan import REVISION, SESSIONS, Plan, base_phase, is_complete
 from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
@@ -98,7 +102,11 @@ class SessionGroup:
 
 
 class Report:
-    """The report a restated key counts as: its version, event time and data (to take it back)."""
+    """The report a restated key counts as: its version, event time and data (to take it back).
+
+    ``data`` keeps only the fields that decide its groups and measures
+    (``Plan.report_fields``): reports live as long as their windows can be revised.
+    """
 
     __slots__ = ("version", "ts", "data")
 
@@ -120,6 +128,10 @@ class PartitionAggregator:
         self.horizon = NEVER  # watermark − lateness: the first pass of everything ending by this is closed
         self.closed: dict[str, int] = {}  # pass -> its horizon, as last reported to stage 2
         self.reports: dict[tuple[Any, ...], Report] = {}  # restated key -> the report counted for it
+        # Windows past their last pass that may still be revised: per group, the revisable
+        # slots (Plan.revisable_slots order) and the marks that dedup replays.
+        self.settled: dict[tuple[int, int], dict[tuple[int, tuple[str, ...]], Cell]] = {}
+        self._revised: set[tuple[int, int, tuple[int, tuple[str, ...]]]] = set()  # to send at the next advance
         self.restatements = {"replaced": 0, "outdated": 0}  # reports that replaced one, or came older than it (a tally, not state)
         self.applied: dict[str, int] = {}  # source -> highest offset seen, stored with the watermark
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
@@ -154,11 +166,15 @@ class PartitionAggregator:
                 taken = self._restate(src, off, etype, ts, data, horizons)
                 if taken is None:
                     continue  # an older version of a report already counted
+            revise_from = self._revise_from(etype) if feeds_measures else None
             for wi, (size, step) in enumerate(self._windows):
                 h, counts_late = horizons[wi]
                 for start in window_starts(ts, size, step):
                     if start + size <= h:
-                        is_late = is_late or counts_late
+                        if revise_from is not None and self.plan.window_revise[wi] and start + size > revise_from:
+                            self._revise(src, off, wi, start, groups, contribution[0], +1)
+                        else:
+                            is_late = is_late or counts_late
                         continue
                     if not feeds_measures:
                         continue
@@ -186,6 +202,61 @@ class PartitionAggregator:
             if is_late:
                 late.append(ev)
         return late
+
+    def _revise_from(self, etype: str) -> int | None:
+        """Windows of a revisable type ending after this may still be revised (None: not revisable)."""
+        r = self.plan.revise_for.get(etype)
+        return None if r is None else self.horizon - r
+
+    def _revise(self, src: str, off: int, wi: int, start: int, groups: Iterable[tuple[int, tuple[str, ...]]],
+                sums: list[tuple[int, float]], sign: int) -> list[Cell]:
+        """Add (or, ``sign`` −1, take back) sums in a window past its last pass; return the cells changed.
+
+        The revisable slots live in the window's full cells until they are dropped, then
+        in its settled cells: whichever holds the group is what the revision sends.
+        """
+        pos = self.plan.revision_pos
+        changed = []
+        full = self.cells.get((wi, start))
+        for g in groups:
+            if full is not None:
+                cell = full.get(g)
+                if cell is None:
+                    cell = full[g] = Cell(self.plan.new_vector(), {})
+                index, key = None, ("c", wi, start, g[0], g[1])
+            else:
+                window = self.settled.setdefault((wi, start), {})
+                cell = window.get(g)
+                if cell is None:
+                    cell = window[g] = Cell([0.0] * len(pos), {})
+                index, key = pos, ("v", wi, start, g[0], g[1])
+            if cell.m.get(src, -1) >= off:
+                continue  # stored with this event before a crash
+            v = cell.v
+            for i, amount in sums:
+                j = i if index is None else index.get(i)
+                if j is not None:
+                    v[j] += sign * amount
+            if sign > 0:
+                cell.m[src] = off
+            changed.append(cell)
+            self._dirty.add(key)
+            self._revised.add((wi, start, g))
+        return changed
+
+    def _revisions(self) -> list[Partial]:
+        """This partition's whole share of the revisable slots of every group revised since the last call."""
+        out = []
+        slots = self.plan.revisable_slots
+        for wi, start, g in sorted(self._revised):
+            full = self.cells.get((wi, start))
+            if full is not None and g in full:
+                values = [full[g].v[i] for i in slots]
+            else:
+                values = list(self.settled[(wi, start)][g].v)
+            out.append(Partial(wi, start, REVISION, g[0], g[1], values))
+        self._revised.clear()
+        return out
 
     def _late_horizons(self) -> dict[str, int]:
         """Per delayed event type, the horizon past which its events are late: when the first
@@ -228,9 +299,15 @@ class PartitionAggregator:
                 return None
             self.restatements["replaced"] += 1
             taken = self.plan.contribution(etype, old.data)
+            revise_from = self._revise_from(etype)
             for wi, (size, step) in enumerate(self._windows):
                 h = horizons[wi][0]
                 for start in window_starts(old.ts, size, step):
+                    if taken is not None and start + size <= h and revise_from is not None \
+                            and self.plan.window_revise[wi] and start + size > revise_from:
+                        # Published, but still revisable: the revision takes the old report out.
+                        cells += self._revise(src, off, wi, start, self.plan.groups(old.data), taken[0], -1)
+                        continue
                     window = self.cells.get((wi, start))
                     if taken is None or start + size <= h or window is None:
                         continue  # published already: the replacement is late there too
@@ -242,7 +319,7 @@ class PartitionAggregator:
                             cell.v[i] -= amount
                         cells.append(cell)
                         self._dirty.add(("c", wi, start, g[0], g[1]))
-        self.reports[key] = Report(version, ts, data)
+        self.reports[key] = Report(version, ts, self.plan.report_data(etype, data))
         self._dirty.add(("r", *key))
         return cells
 
@@ -335,11 +412,11 @@ class PartitionAggregator:
         old = self.closed
         now_at = self.pass_horizons()
         if all(h <= old.get(p, NEVER) for p, h in now_at.items()):
-            return None
+            return self._revisions() or None
         new = self.closed = {p: max(h, old.get(p, NEVER)) for p, h in now_at.items()}
         self._dirty.add(("w",))
         if not any(self._crosses_boundary(old.get(p, NEVER), h) for p, h in new.items()):
-            return None
+            return self._revisions() or None
         out: list[Partial] = []
         passes, settles = self.plan.passes, self.plan.settles
         last = min(new.values())
@@ -358,11 +435,27 @@ class PartitionAggregator:
                     stale = () if new[p] >= FOREVER else tuple(sorted(t for t in self.plan.waits.get(p, ()) if reported[t] < end))
                     out += self._emit(wi, start, p, stale)
             if end <= (last if wi in settles else last_unsettled):
-                for g in self.cells.pop((wi, start), {}):
-                    self._drop(("c", wi, start, g[0], g[1]))
+                self._settle(wi, start, self.cells.pop((wi, start), {}))
         self._expire_sessions()
         self._expire_reports(last)
-        return out
+        self._expire_settled()
+        return out + self._revisions()
+
+    def _settle(self, wi: int, start: int, cells: dict[tuple[int, tuple[str, ...]], Cell]) -> None:
+        """A window past its last pass: drop its cells, keeping the revisable slots while it may be revised."""
+        keep = self.plan.window_revise[wi] and start + self._windows[wi][0] > self.horizon - self.plan.window_revise[wi]
+        slots = self.plan.revisable_slots
+        for g, cell in cells.items():
+            self._drop(("c", wi, start, g[0], g[1]))
+            if keep:
+                self.settled.setdefault((wi, start), {})[g] = Cell([cell.v[i] for i in slots], cell.m)
+                self._dirty.add(("v", wi, start, g[0], g[1]))
+
+    def _expire_settled(self) -> None:
+        for wi, start in list(self.settled):
+            if start + self._windows[wi][0] <= self.horizon - self.plan.window_revise[wi]:
+                for g in self.settled.pop((wi, start)):
+                    self._drop(("v", wi, start, g[0], g[1]))
 
     def _crosses_boundary(self, old: int, new: int) -> bool:
         # Window ends are multiples of the steps' gcd, so between two such multiples
@@ -383,8 +476,11 @@ class PartitionAggregator:
         return found
 
     def _expire_reports(self, closed: int) -> None:
-        # A report whose every window has had its last pass can no longer be replaced.
-        for key in [k for k, r in self.reports.items() if self._last_window_end(r.ts) <= closed]:
+        # A report whose every window has had its last pass (and can no longer be revised)
+        # can no longer be replaced.
+        revise = self.plan.revise_for
+        for key in [k for k, r in self.reports.items()
+                    if self._last_window_end(r.ts) <= min(closed, self.horizon - revise.get(k[0], 0))]:
             del self.reports[key]
             self._drop(("r", *key))
 
@@ -447,6 +543,10 @@ class PartitionAggregator:
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
             return {"v": self.plan.encode(cell.v), "m": cell.m}
+        if kind == "v":
+            _, wi, start, bi, group = parts
+            cell = self.settled[(wi, start)][(bi, group)]
+            return {"v": cell.v, "m": cell.m}
         _, campaign, sid = parts
         g = self.sessions[(campaign, sid)]
         return {"s": [[s.times, s.data] for s in g.sessions], "m": g.m}
@@ -472,6 +572,9 @@ class PartitionAggregator:
         elif kind == "c":
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
+        elif kind == "v":
+            _, wi, start, bi, group = parts
+            self.settled.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(value["v"], value["m"])
         elif kind == "r":
             self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], value["d"])
         else:

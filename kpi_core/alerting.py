@@ -6,6 +6,10 @@ interval) past the static target or past the drift line below its baseline; how
 many windows in a row; and does a firing incident clear past the hysteresis line.
 Incident changes of one group become one ``AlertEvent`` for that group's thread.
 Everything runs on event time (window starts), so replay gives the same alerts.
+
+A revision of a published window (``revise``) judges it again where it is the last
+window a rule judged: from the incident's state before that window, with the revised
+values. An incident that the revised values would not have opened is *withdrawn*.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from urllib.parse import urlencode
 import orjson
 
 from kpi_core.aggregate import NEVER
+from kpi_core.combine import ClosedWindow
 from kpi_core.config import Target
 from kpi_core.incidents import AlertEvent, Contributor, Finding
 from kpi_core.plan import EVENTS, KpiPlan, Plan
@@ -66,6 +71,9 @@ class Incident:
     notified_at: int = 0  # window start of the last notification
     finding: dict[str, Any] | None = None  # the latest finding, for the thread's message
     evaluated: int = -1  # start of the last window evaluated: a window seen twice (after a crash) counts once
+    # Rules over revisable data: the state before the last evaluation, so a revision of that
+    # window can judge it again from there.
+    before: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -94,6 +102,7 @@ class AlertEngine:
         cfg = plan.config
         self.rules = {k.name: (k, cfg.targets[k.name]) for k in plan.kpis if k.name in cfg.targets}
         self.proportions = {k.name for k in plan.kpis if is_proportion(plan, k)}
+        self.revisable = {k.name for k in plan.kpis if k.waits & plan.revise_for.keys()}
         self.incidents: dict[tuple[Any, ...], Incident] = {}
         self.threads: dict[tuple[Any, ...], Thread] = {}
         self.baselines: dict[tuple[Any, ...], Baseline] = {}
@@ -124,14 +133,77 @@ class AlertEngine:
                     contexts[tkey] = snap
         if phase == EVENTS and self.no_data:
             self._no_data(wi, start, snapshots, changed, contexts)
+        return self._thread_events(changed, contexts)
+
+    def judge(self, closed: ClosedWindow) -> list[AlertEvent]:
+        """Thread events caused by one closed window, or by a revision of one."""
+        judge = self.revise if closed.revision else self.evaluate
+        return judge(closed.window, closed.start, closed.phase, closed.snapshots)
+
+    def _thread_events(self, changed: dict[tuple[Any, ...], dict[str, str]], contexts: dict[tuple[Any, ...], Snapshot],
+                       extra: dict[tuple[Any, ...], dict[str, Any]] | None = None) -> list[AlertEvent]:
         events = []
         for tkey, what in changed.items():
-            event = self._thread_event(tkey, what, contexts[tkey])
+            event = self._thread_event(tkey, what, contexts[tkey], (extra or {}).get(tkey))
             if event:
                 events.append(event)
         return events
 
-    def _evaluate_kpi(self, kpi: str, wi: int, bi: int, group: Group, snap: Snapshot, batch: list[Snapshot]) -> str | None:
+    def revise(self, wi: int, start: int, phase: str, snapshots: list[Snapshot]) -> list[AlertEvent]:
+        """Thread events caused by revised snapshots (version 3 and on) of a published window.
+
+        A KPI a rule never judged in this window (it was provisional) is judged now; one whose
+        last judged window this is, is judged again from the state before it; an older window
+        is history that later windows have judged since, and changes nothing.
+        """
+        changed: dict[tuple[Any, ...], dict[str, str]] = {}
+        contexts: dict[tuple[Any, ...], Snapshot] = {}
+        extra: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for snap in snapshots:
+            bi = self.plan.breakdowns.index(snap.dims)
+            group = tuple(snap.group[d] for d in snap.dims)
+            tkey = (wi, bi, group)
+            for kpi in snap.kpis:
+                if kpi not in self.rules:
+                    continue
+                ikey = (kpi, wi, bi, group)
+                inc = self.incidents.get(ikey)
+                if inc is not None and inc.evaluated > snap.start:
+                    continue
+                if inc is None or inc.evaluated < snap.start:
+                    what = self._evaluate_kpi(kpi, wi, bi, group, snap, snapshots)
+                else:
+                    what = self._judge_again(ikey, inc, snap, snapshots)
+                if what:
+                    changed.setdefault(tkey, {})[kpi] = what
+                    contexts[tkey] = snap
+                    extra[tkey] = {"revision": snap.version, "revised": snap.revised}
+        return self._thread_events(changed, contexts, extra)
+
+    def _judge_again(self, ikey: tuple[Any, ...], inc: Incident, snap: Snapshot, batch: list[Snapshot]) -> str | None:
+        """Judge an incident's last window again, with its revised values, from the state before it."""
+        if inc.before is None:
+            return None  # judged before revisions existed: nothing to start from
+        was_firing = inc.status == "firing"
+        self.incidents[ikey] = Incident(**inc.before)
+        kpi, wi, bi, group = ikey
+        self._evaluate_kpi(kpi, wi, bi, group, snap, batch, again=True)
+        now = self.incidents[ikey]
+        if was_firing and now.status != "firing":
+            if inc.before["status"] == "firing":
+                return "resolved"  # opened earlier, and this window clears it
+            # It would never have opened on these values: withdrawn, not resolved.
+            now.finding = {**(inc.finding or {}), "status": "withdrawn", "value": snap.kpis.get(kpi),
+                           "revised_from": (inc.finding or {}).get("value")}
+            return "withdrawn"
+        if not was_firing and now.status == "firing":
+            return "opened"
+        if was_firing:
+            now.notified_at = inc.notified_at
+        return None
+
+    def _evaluate_kpi(self, kpi: str, wi: int, bi: int, group: Group, snap: Snapshot, batch: list[Snapshot],
+                      *, again: bool = False) -> str | None:
         k, target = self.rules[kpi]
         rule = target.rule_for(snap.group)
         value = snap.kpis[kpi]
@@ -141,6 +213,8 @@ class AlertEngine:
         inc = self.incidents.get(ikey) or Incident()
         if snap.start <= inc.evaluated:
             return None  # finalized again after a restart: already evaluated
+        if kpi in self.revisable and self.plan.window_revise[wi]:
+            inc.before = {**asdict(inc), "before": None}
         inc.evaluated = snap.start
         self.incidents[ikey] = inc
         self._dirty.add(("i", *ikey))
@@ -175,7 +249,7 @@ class AlertEngine:
         what = self._step(ikey, inc, rule, finding, value, lines, snap, baseline, interval)
         if inc.status == "ok":
             # Only healthy windows feed the baseline, or a lasting drop would become the new normal.
-            self._remember(kpi, wi, bi, group, rule, snap.start, num, den, value)
+            self._remember(kpi, wi, bi, group, rule, snap.start, num, den, value, again=again)
         return what
 
     def _step(self, ikey: tuple[Any, ...], inc: Incident, rule: Target, finding: Finding | None, value: float,
@@ -215,18 +289,19 @@ class AlertEngine:
         self._dirty.add(("i", *ikey))
         return what
 
-    def _thread_event(self, tkey: tuple[Any, ...], what: dict[str, str], snap: Snapshot) -> AlertEvent | None:
+    def _thread_event(self, tkey: tuple[Any, ...], what: dict[str, str], snap: Snapshot,
+                      extra: dict[str, Any] | None = None) -> AlertEvent | None:
         thread = self.threads.get(tkey) or Thread()
         wi, bi, group = tkey
         before = list(thread.firing or [])
-        firing = sorted({k for k in before if what.get(k) != "resolved"} | {k for k, w in what.items() if w == "opened"})
-        resolved = [k for k in before if what.get(k) == "resolved"]
+        firing = sorted({k for k in before if what.get(k) not in ("resolved", "withdrawn")} | {k for k, w in what.items() if w == "opened"})
+        resolved = [k for k in before if what.get(k) in ("resolved", "withdrawn")]
         if not before and not firing:
             return None  # pending incidents, or resolves of nothing
         if not before:
             kind = "opened"
         elif not firing:
-            kind = "resolved"
+            kind = "withdrawn" if all(what.get(k) == "withdrawn" for k in resolved) else "resolved"
         elif firing != before or any(w in ("escalated", "eased") for w in what.values()):
             kind = "updated"
         elif any(w == "reminder" for w in what.values()):
@@ -247,7 +322,7 @@ class AlertEngine:
             thread="|".join([self.plan.windows[wi].name, breakdown_name(snap.dims), *group]),
             seq=thread.seq, kind=kind, window=snap.window, start=snap.start, end=snap.end, dims=snap.dims,
             group=dict(snap.group), severity="critical" if "critical" in severities else "warning",
-            findings=findings, channel=channel, mention=mention, grafana_url=self._grafana(snap),
+            findings=findings, channel=channel, mention=mention, grafana_url=self._grafana(snap), extra=extra or {},
         )
 
     def _incident(self, kpi: str, wi: int, bi: int, group: Group) -> Incident:
@@ -278,12 +353,16 @@ class AlertEngine:
         return sum(r[3] for r in rows) / len(rows)
 
     def _remember(self, kpi: str, wi: int, bi: int, group: Group, rule: Target, start: int,
-                  num: float, den: float, value: float | None) -> None:
+                  num: float, den: float, value: float | None, *, again: bool = False) -> None:
         drift = rule.drift
         if drift is None or value is None:
             return
         key = (kpi, wi, bi, group)
         b = self.baselines.get(key) or Baseline([])
+        if again and b.rows and b.rows[-1][0] == start:
+            b.rows[-1] = [start, num, den, value]  # a revised window: its row takes the revised values
+            self._dirty.add(("b", *key))
+            return
         if b.rows and b.rows[-1][0] >= start:
             return  # already remembered
         b.rows.append([start, num, den, value])

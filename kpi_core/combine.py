@@ -7,17 +7,24 @@ A phase's first pass is version 1 of its snapshots; its second pass
 (``+complete``, KPIs over delayed sources final) is version 2. A partial from a partition already
 merged for that window is a replay after a crash and is ignored, so redelivery
 never double-counts.
+
+Revisions (``revise_for``): for a window that may still be revised, each stage-1
+partition's share of the revisable slots is kept per group. A revision partial is a
+partition's new whole share; put in place of the old one (only if it comes from a
+later stage-1 input position, so a replay after a crash never steps back), it gives
+the group's revised totals, published as the next version when they changed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import orjson
 
 from kpi_core.aggregate import NEVER, Partial
-from kpi_core.plan import EVENTS, Plan, base_phase, is_complete
+from kpi_core.plan import EVENTS, REVISION, Plan, base_phase, is_complete
 from kpi_core.results import Snapshot
 from kpi_core.state import Change, drain
 
@@ -30,15 +37,40 @@ class ClosedWindow:
     start: int
     phase: str
     snapshots: list[Snapshot]
+    revision: bool = False  # snapshots of a window published before, revised (version 3 and on)
+
+
+Group = tuple[int, tuple[str, ...]]
+Shares = dict[int, tuple[int, list[float]]]  # stage-1 partition -> (its input position, its revisable slots)
 
 
 class PendingWindow:
-    __slots__ = ("sources", "groups", "stale")
+    __slots__ = ("sources", "groups", "stale", "shares")
 
-    def __init__(self, sources: set[int], groups: dict[tuple[int, tuple[str, ...]], list[float]], stale: set[str] | None = None) -> None:
+    def __init__(self, sources: set[int], groups: dict[Group, list[float]], stale: set[str] | None = None,
+                 shares: dict[Group, Shares] | None = None) -> None:
         self.sources = sources  # stage-1 partitions merged in
         self.groups = groups
         self.stale = stale or set()  # delayed types some partition closed the pass without
+        self.shares = shares if shares is not None else {}  # revisable windows only
+
+
+class Published:
+    """A group's last published values in a window that may still be revised."""
+
+    __slots__ = ("version", "slots", "previous", "shares")
+
+    def __init__(self, version: int, slots: array, previous: dict[str, float] | None, shares: Shares) -> None:
+        self.version = version
+        self.slots = slots  # every slot as published (Plan.slot_names order)
+        self.previous = previous
+        self.shares = shares
+
+
+@dataclass(slots=True)
+class RevisableWindow:
+    stale: set[str]  # delayed types its final pass closed without
+    groups: dict[Group, Published] = field(default_factory=dict)
 
 
 class Combiner:
@@ -51,6 +83,8 @@ class Combiner:
         self.pending: dict[tuple[int, int, str], PendingWindow] = {}
         self.last: dict[tuple[int, str, int, tuple[str, ...]], tuple[int, dict[str, float]]] = {}
         self.evaluated: dict[int, int] = {}  # window index -> start of the last closed events phase
+        self.revisable: dict[tuple[int, int, str], RevisableWindow] = {}  # published windows that may still be revised
+        self._revisions: list[tuple[int, int, Partial]] = []  # (source, position, revision) for published windows
         self._dirty: set[tuple[Any, ...]] = set()
         self._deleted: set[tuple[Any, ...]] = set()
 
@@ -66,8 +100,8 @@ class Combiner:
         lowest = self._lowest()
         return lowest.get(EVENTS, NEVER), {t: lowest.get("@" + t, NEVER) for t in self.plan.delayed}
 
-    def receive(self, source: int, horizons: dict[str, int] | int, partials: Iterable[Partial]) -> None:
-        """Merge one stage-1 partition's report."""
+    def receive(self, source: int, horizons: dict[str, int] | int, partials: Iterable[Partial], at: int = 0) -> None:
+        """Merge one stage-1 partition's report (``at``: its input position when it sent it)."""
         if isinstance(horizons, int):  # sent before passes existed
             horizons = self.plan.first_pass_horizons(horizons)
         merged_now: set[tuple[int, int, str]] = set()
@@ -75,7 +109,11 @@ class Combiner:
         # runs after every report): a partial for it is a redelivery after a crash.
         done = self._lowest()
         plan = self.plan
+        revisions = []
         for p in partials:
+            if p.phase == REVISION:
+                revisions.append(p)
+                continue
             wkey = (p.window, p.start, p.phase)
             if p.start + plan.windows[p.window].size <= done.get(p.phase, NEVER):
                 continue
@@ -92,14 +130,43 @@ class Combiner:
                 pending.groups[g] = self.plan.copy(p.vector)
             else:
                 self.plan.merge(acc, p.vector)
+            if p.phase in plan.revised_passes and plan.window_revise[p.window]:
+                pending.shares.setdefault(g, {})[source] = (at, [p.vector[i] for i in plan.revisable_slots])
         for wkey in merged_now:
             self.pending[wkey].sources.add(source)
             self._dirty.add(("p", *wkey))
+        for r in revisions:
+            self._receive_revision(source, at, r, done)
         mine = self.horizons.setdefault(source, {})
         for p, h in horizons.items():
             if h > mine.get(p, NEVER):
                 mine[p] = h
                 self._dirty.add(("h",))
+
+    def _receive_revision(self, source: int, at: int, r: Partial, done: dict[str, int]) -> None:
+        """A window still waiting for other partitions takes the new share at once; a published
+        one is revised when ``finalize_windows`` runs."""
+        plan, g = self.plan, (r.breakdown, r.group)
+        end = r.start + plan.windows[r.window].size
+        for phase in plan.revised_passes:
+            wkey = (r.window, r.start, phase)
+            pending = self.pending.get(wkey)
+            if pending is None and wkey not in self.revisable and end > done.get(phase, NEVER):
+                pending = self.pending[wkey] = PendingWindow(set(), {})
+            if pending is None:
+                self._revisions.append((source, at, r))
+                continue
+            shares = pending.shares.setdefault(g, {})
+            old = shares.get(source)
+            if old is not None and old[0] >= at:
+                continue  # a replay: this share, or a later one, is in already
+            acc = pending.groups.get(g)
+            if acc is None:
+                acc = pending.groups[g] = plan.new_vector()
+            for j, i in enumerate(plan.revisable_slots):
+                acc[i] += r.vector[j] - (old[1][j] if old else 0.0)
+            shares[source] = (at, list(r.vector))
+            self._dirty.add(("p", *wkey))
 
     def finalize(self) -> list[Snapshot]:
         """Snapshots of every window phase that all stage-1 partitions have closed."""
@@ -154,11 +221,78 @@ class Combiner:
             if pending is not None:
                 self._dirty.discard(("p", *wkey))
                 self._deleted.add(("p", *wkey))
+                if phase in plan.revised_passes and plan.window_revise[wi] and end > low - plan.window_revise[wi]:
+                    self._keep_for_revision(wkey, pending, snaps)
             if phase == EVENTS:
                 self.evaluated[wi] = max(self.evaluated.get(wi, NEVER), start)
                 self._dirty.add(("e",))
             out.append(ClosedWindow(wi, start, phase, snaps))
+        out += self._revise(lowest)
+        self._expire_revisable(low)
         return out
+
+    def _keep_for_revision(self, wkey: tuple[int, int, str], pending: PendingWindow, snaps: list[Snapshot]) -> None:
+        rw = self.revisable[wkey] = RevisableWindow(set(pending.stale))
+        self._dirty.add(("R", *wkey))
+        for (bi, group), snap in zip(sorted(pending.groups), snaps):
+            rw.groups[(bi, group)] = Published(2, array("d", self.plan.slot_values(snap.measures)), snap.previous,
+                                               pending.shares.get((bi, group), {}))
+            self._dirty.add(("Q", *wkey, bi, group))
+
+    def _revise(self, lowest: dict[str, int]) -> list[ClosedWindow]:
+        """Revised snapshots of published windows: one new version per group whose totals changed."""
+        plan = self.plan
+        slots = plan.revisable_slots
+        reported = {t: lowest.get("@" + t, NEVER) for t in plan.delayed}
+        out: dict[tuple[int, int, str], list[Snapshot]] = {}
+        for source, at, r in self._revisions:
+            for phase in plan.revised_passes:
+                wkey = (r.window, r.start, phase)
+                window = plan.windows[r.window]
+                end = r.start + window.size
+                rw = self.revisable.get(wkey)
+                if rw is None:
+                    if end <= lowest.get(EVENTS, NEVER) - plan.window_revise[r.window]:
+                        continue  # no longer revisable
+                    rw = self.revisable[wkey] = RevisableWindow(set())  # published with no group at all
+                    self._dirty.add(("R", *wkey))
+                g = (r.breakdown, r.group)
+                pub = rw.groups.get(g)
+                if pub is None:
+                    pub = rw.groups[g] = Published(2, array("d", [0.0] * plan.size), None, {})
+                old = pub.shares.get(source)
+                if old is not None and old[0] >= at:
+                    continue  # a replay: this share, or a later one, is in already
+                pub.shares[source] = (at, list(r.vector))
+                self._dirty.add(("Q", *wkey, *g))
+                revised = [sum(share[1][j] for share in pub.shares.values()) for j in range(len(slots))]
+                before = [pub.slots[i] for i in slots]
+                if revised == before:
+                    continue
+                dims = plan.breakdowns[r.breakdown]
+                old_measures = plan.revised_measures(list(pub.slots), before, phase)
+                measures = plan.revised_measures(list(pub.slots), revised, phase)
+                for i, x in zip(slots, revised):
+                    pub.slots[i] = x
+                pub.version += 1
+                stale = {t for t in rw.stale if reported[t] < end}
+                final, provisional = plan.results(measures, phase, pub.previous, stale=stale)
+                out.setdefault(wkey, []).append(Snapshot(
+                    window=window.name, start=r.start, end=end, dims=dims, group=dict(zip(dims, r.group)),
+                    phase=base_phase(phase), measures=measures, kpis=final, previous=pub.previous, version=pub.version,
+                    provisional=provisional, waiting_for=plan.waiting_for(phase, stale) if provisional else [],
+                    revised={n: [old_measures[n], v] for n, v in measures.items() if old_measures.get(n) != v},
+                ))
+        self._revisions.clear()
+        return [ClosedWindow(wi, start, phase, snaps, revision=True) for (wi, start, phase), snaps in sorted(out.items())]
+
+    def _expire_revisable(self, low: int) -> None:
+        for wkey in [k for k in self.revisable if k[1] + self.plan.windows[k[0]].size <= low - self.plan.window_revise[k[0]]]:
+            for bi, group in self.revisable.pop(wkey).groups:
+                self._deleted.add(("Q", *wkey, bi, group))
+                self._dirty.discard(("Q", *wkey, bi, group))
+            self._deleted.add(("R", *wkey))
+            self._dirty.discard(("R", *wkey))
 
     def _empty_windows(self, low: int, ready: set[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         out = []
@@ -198,11 +332,20 @@ class Combiner:
         if key[0] == "l":
             start, measures = self.last[key[1:]]
             return {"start": start, "measures": measures}
+        if key[0] == "R":
+            return {"stale": sorted(self.revisable[key[1:]].stale)}
+        if key[0] == "Q":
+            _, wi, start, phase, bi, group = key
+            pub = self.revisable[(wi, start, phase)].groups[(bi, group)]
+            return {"version": pub.version, "slots": list(pub.slots), "previous": pub.previous,
+                    "shares": [[s, at, v] for s, (at, v) in pub.shares.items()]}
         pending = self.pending[key[1:]]
         enc = self.plan.encode
-        out = {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
+        out: dict[str, Any] = {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
         if pending.stale:
             out["stale"] = sorted(pending.stale)
+        if pending.shares:
+            out["shares"] = [[bi, list(g), s, at, v] for (bi, g), shares in pending.shares.items() for s, (at, v) in shares.items()]
         return out
 
     def load(self, key: str, value: Any) -> None:
@@ -219,7 +362,18 @@ class Combiner:
         elif parts[0] == "l":
             _, wi, phase, bi, group = parts
             self.last[(wi, phase, bi, tuple(group))] = (value["start"], value["measures"])
+        elif parts[0] == "R":
+            _, wi, start, phase = parts
+            self.revisable.setdefault((wi, start, phase), RevisableWindow(set())).stale = set(value["stale"])
+        elif parts[0] == "Q":
+            _, wi, start, phase, bi, group = parts
+            rw = self.revisable.setdefault((wi, start, phase), RevisableWindow(set()))
+            rw.groups[(bi, tuple(group))] = Published(value["version"], array("d", value["slots"]), value["previous"],
+                                                      {s: (at, v) for s, at, v in value["shares"]})
         else:
             _, wi, start, phase = parts
             groups = {(bi, tuple(g)): self.plan.decode(v) for bi, g, v in value["groups"]}
-            self.pending[(wi, start, phase)] = PendingWindow(set(value["sources"]), groups, set(value.get("stale", ())))
+            shares: dict[Group, Shares] = {}
+            for bi, g, src, at, v in value.get("shares", ()):
+                shares.setdefault((bi, tuple(g)), {})[src] = (at, v)
+            self.pending[(wi, start, phase)] = PendingWindow(set(value["sources"]), groups, set(value.get("stale", ())), shares)

@@ -286,13 +286,17 @@ class Arrival(_Model):
     reported past the window's end, or ``delay`` after it at the latest).
     ``lateness``: how far out of order its own events may come (a report batch for
     one period shares one ts, so the default is none).
+    ``revise_for``: how long after a window's end its data may still change (a restated
+    report, an order imported days later). Such an event revises the window's published
+    snapshot (version 3 and on) instead of going to ``late-events``.
     """
 
     delay: int = 0
     lateness: int = 0
+    revise_for: int = 0
     restates: Restates | None = None
 
-    _durations = field_validator("delay", "lateness", mode="before")(lambda v: parse_duration(v))
+    _durations = field_validator("delay", "lateness", "revise_for", mode="before")(lambda v: parse_duration(v))
 
 
 class Topics(_Model):
@@ -419,6 +423,12 @@ class Config(_Model):
             other = by_type.setdefault(etype, (key, profile))
             if other[1] != profile:
                 problems.append((path, f"{other[0]!r} and {key!r} both describe {etype} events: give them the same profile"))
+            if profile.revise_for and not profile.delay:
+                problems.append((f"{path}.revise_for", "revisions follow a window's final version, which only a source with a delay has: declare delay too"))
+            if profile.revise_for:
+                for name, m in self.measures.items():
+                    if m.event == etype and m.distinct:
+                        problems.append((f"{path}.revise_for", f"measure {name!r} counts distinct values of {etype} events, which a revision cannot add to a published window"))
             r = profile.restates
             if r is None:
                 continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["opened", "updated", "resolved", "reminder"]
+Kind = Literal["opened", "updated", "resolved", "reminder", "withdrawn"]
 Severity = Literal["warning", "critical"]
 
 
@@ -47,7 +47,10 @@ class Finding:
     denominator_name: str
     interval: tuple[float, float] | None = None  # Wilson score interval, for proportions
     contributor: Contributor | None = None
-    status: Literal["firing", "resolved"] = "firing"
+    # withdrawn: a revision of the window's data (config.arrival revise_for) put the value back
+    # on the good side; the incident should never have opened.
+    status: Literal["firing", "resolved", "withdrawn"] = "firing"
+    revised_from: float | None = None  # withdrawn: the value the incident opened on
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Finding:
@@ -85,7 +88,7 @@ class AlertEvent:
 
     @property
     def status(self) -> str:
-        return "resolved" if self.kind == "resolved" else "firing"
+        return "resolved" if self.kind in ("resolved", "withdrawn") else "firing"
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

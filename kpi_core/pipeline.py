@@ -30,6 +30,8 @@ class LocalPipeline:
         self.alerts = AlertEngine(plan)
         self.late: list[Routed] = []
         self.latest = NEVER
+        self.revised = 0  # snapshots published again by a revision (version 3 and on)
+        self._batches = 0  # stands in for stage 1's input position
 
     def feed(self, events: Iterable[Routed]) -> list[Output]:
         """Absorb a batch; return the snapshots and alerts of windows it closed."""
@@ -48,11 +50,13 @@ class LocalPipeline:
         partials = self.stage1.advance(None, force=force)
         if partials is None:
             return []
-        self.stage2.receive(0, self.stage1.report_horizons(), partials)
+        self._batches += 1
+        self.stage2.receive(0, self.stage1.report_horizons(), partials, self._batches)
         out: list[Output] = []
         for closed in self.stage2.finalize_windows(empty_until=self.latest):
             out += closed.snapshots
-            out += self.alerts.evaluate(closed.window, closed.start, closed.phase, closed.snapshots)
+            self.revised += len(closed.snapshots) if closed.revision else 0
+            out += self.alerts.judge(closed)
         if force is None:  # the end of a replay is not a feed falling behind
             out += self.alerts.check_feeds(*self.stage2.reported())
         return out

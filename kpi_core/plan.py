@@ -21,6 +21,9 @@ PHASES = (EVENTS, SESSIONS)
 #: A phase's second pass, once the delayed sources its KPIs read have reported (internal:
 #: snapshots carry the base phase, and version 2).
 COMPLETE = "+complete"
+#: A partial that revises a window past its last pass: one stage-1 partition's whole share of
+#: the revisable slots (Plan.revisable_slots) of one group.
+REVISION = "revision"
 
 
 def base_phase(phase: str) -> str:
@@ -56,6 +59,7 @@ class Feed:
     field: str | None  # None: count the event
     distinct: bool
     filters: tuple[Predicate, ...]
+    attrs: tuple[str, ...] = ()  # the fields the filters read
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +115,7 @@ class Plan:
             m = measures[name]
             event = str(m.event)
             field = m.distinct or m.sum
-            feed = Feed(index[name], field, bool(m.distinct), tuple(_predicate(a, f) for a, f in m.where.items()))
+            feed = Feed(index[name], field, bool(m.distinct), tuple(_predicate(a, f) for a, f in m.where.items()), tuple(m.where))
             self.feeds[event] = (*self.feeds.get(event, ()), feed)
         self.derived = {n: list(m.add or []) for n, m in measures.items() if m.add is not None}
         self.session_measures = frozenset(n for n in measures if self._from_sessions(n))
@@ -139,9 +143,22 @@ class Plan:
         self.settles = frozenset(i for i, w in enumerate(config.windows) if settle is None or w.name in settle)
         #: Measures that delayed sources feed (a second pass changes only these).
         self.delayed_measures = frozenset(n for n in measures if self._event_types(n) & self.delayed)
+        #: Revisions (``revise_for``): delayed types whose events may still change a window after
+        #: its final pass, how long after its end; and the vector slots they feed (sums and counts).
+        self.revise_for = {t: self.arrival[t].revise_for for t in self.delayed if self.arrival[t].revise_for > 0}
+        self.revisable_slots = tuple(sorted({f.index for t in self.revise_for for f in self.feeds.get(t, ())}))
+        self.revision_pos = {slot: j for j, slot in enumerate(self.revisable_slots)}
+        #: The second passes whose KPIs a revision can change.
+        self.revised_passes = tuple(p for p, types in self.waits.items() if types & self.revise_for.keys())
+        #: Per window: how long after its end it may be revised (0: never; only settle windows have a final pass).
+        self.window_revise = [
+            max((self.revise_for.get(t, 0) for p in self.revised_passes for t in self.waits[p]), default=0) if i in self.settles else 0
+            for i in range(len(config.windows))
+        ]
         self.has_change = any(k.kpi.change for k in self.kpis)
         self.breakdowns: list[tuple[str, ...]] = [tuple(b) for b in config.breakdowns]
         self._dims = tuple(sorted({d for b in self.breakdowns for d in b}))
+        self._report_fields: dict[str, frozenset[str]] = {}
         self._groups: dict[tuple[Any, ...], list[tuple[int, tuple[str, ...]]]] = {}
         self.windows = config.windows
         self.lateness = config.allowed_lateness
@@ -167,6 +184,13 @@ class Plan:
         if m.add is not None:
             return {t for r in m.add for t in self._event_types(r)}
         return {"pageview" if m.event == "session" else str(m.event)}
+
+    def report_data(self, etype: str, data: dict[str, Any]) -> dict[str, Any]:
+        """What a stored report keeps of its event: the fields its groups and measures read."""
+        keep = self._report_fields.get(etype)
+        if keep is None:
+            keep = self._report_fields[etype] = frozenset({*self._dims, *(x for f in self.feeds.get(etype, ()) for x in (f.field, *f.attrs) if x)})
+        return {k: v for k, v in data.items() if k in keep}
 
     def source_type(self, source: str) -> str | None:
         """The event type of a source partition (``topic:partition``), if its topic is known."""
@@ -262,6 +286,23 @@ class Plan:
         for name, parts in self.derived.items():
             out[name] = sum(out[p] for p in parts)
         if phase != SESSIONS:
+            out = {n: v for n, v in out.items() if n not in self.session_measures}
+        return {n: out[n] for n in self.config.measures if n in out}
+
+    def slot_values(self, measures: dict[str, float]) -> list[float]:
+        """A published window's stored slots (what ``revised_measures`` starts from)."""
+        return [measures.get(n, 0.0) for n in self.slot_names]
+
+    def revised_measures(self, slots: list[float], revised: list[float], phase: str) -> dict[str, float]:
+        """A published window's measures with its revisable slots replaced by ``revised``
+        (in ``revisable_slots`` order); derived measures recomputed."""
+        values = list(slots)
+        for i, x in zip(self.revisable_slots, revised):
+            values[i] = x
+        out = dict(zip(self.slot_names, values))
+        for name, parts in self.derived.items():
+            out[name] = sum(out[p] for p in parts)
+        if base_phase(phase) != SESSIONS:
             out = {n: v for n, v in out.items() if n not in self.session_measures}
         return {n: out[n] for n in self.config.measures if n in out}
 

@@ -41,6 +41,9 @@ class Snapshot:
     # far, not alerted on. Version 2 of the same key has them final.
     provisional: dict[str, float | None] = field(default_factory=dict)
     waiting_for: list[str] = field(default_factory=list)  # the delayed event types still to report
+    # Version 3 and on: a revision (config.arrival revise_for) of a published window; what
+    # changed, measure -> [before, after].
+    revised: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -63,6 +66,7 @@ class Snapshot:
             "kpis": self.kpis,
             "provisional": self.provisional,
             "waiting_for": self.waiting_for,
+            **({"revised": self.revised} if self.revised else {}),
         }
 
 

@@ -257,8 +257,10 @@ class Pipeline:
                 by_target[self._combine_partition(part.breakdown, part.group)].append(part)
             # Deliver the partials before storing the new horizon: after a crash the
             # old horizon makes us send them again, and stage 2 drops the repeat.
+            # The input position orders this partition's revisions at stage 2 (a replay never steps back).
+            at = self.positions.get((self.settings.events_topic, p)) or 0
             futures = [
-                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.report_horizons(), by_target.get(i, [])), partition=i)
+                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.report_horizons(), by_target.get(i, []), at), partition=i)
                 for i in range(self.partitions)
             ]
             await asyncio.gather(*futures)
@@ -310,13 +312,13 @@ class Pipeline:
         async for chunk in self._in_order(topic, p, delivered):
             applied = True
             for _, raw in chunk:
-                source, horizon, partials = wire.decode_partials(self.plan, raw)
-                comb.receive(source, horizon, partials)
+                source, horizon, partials, at = wire.decode_partials(self.plan, raw)
+                comb.receive(source, horizon, partials, at)
                 for closed in comb.finalize_windows():
                     for snap in closed.snapshots:
                         await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
                         self.metrics.record_snapshot(snap, p)
-                    for alert in engine.evaluate(closed.window, closed.start, closed.phase, closed.snapshots):
+                    for alert in engine.judge(closed):
                         await self._to_outbox(alert)
                 if p == 0:  # every partition sees the same progress: one judges the feeds
                     for alert in engine.check_feeds(*comb.reported()):

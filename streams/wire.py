@@ -1,8 +1,9 @@
 """The internal messages between stages, encoded with orjson.
 
 Router → stage 1 (``<app>-events``): ``{"w": {source: max ts}, "b": [sources with a backlog], "t": sent at (epoch ms), "e": [[source, offset, type, ts, data], ...]}``
-Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": {pass: horizon}, "p": [[window, start, pass, breakdown, group, vector(, stale types)], ...]}``
-(``h`` was one number before passes existed; stage 2 still reads that.)
+Stage 1 → stage 2 (``<app>-partials``): ``{"src": partition, "h": {pass: horizon}, "at": input position, "p": [[window, start, pass, breakdown, group, vector(, stale types)], ...]}``
+(``h`` was one number before passes existed; stage 2 still reads that.) A revision's pass is
+``"revision"`` and its vector the revisable slots only (kpi_core.aggregate).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 
 from kpi_core.aggregate import Partial
-from kpi_core.plan import Plan
+from kpi_core.plan import REVISION, Plan
 
 
 def encode_events(watermarks: dict[str, int], backlog: list[str], events: list[list[Any]], sent_at: float) -> bytes:
@@ -24,13 +25,15 @@ def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], float | None, l
     return obj["w"], set(obj["b"]), obj.get("t"), obj["e"]
 
 
-def encode_partials(plan: Plan, source: int, horizon: dict[str, int], partials: list[Partial]) -> bytes:
-    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, plan.encode(p.vector), *([list(p.stale)] if p.stale else [])]
+def encode_partials(plan: Plan, source: int, horizon: dict[str, int], partials: list[Partial], at: int = 0) -> bytes:
+    rows = [[p.window, p.start, p.phase, p.breakdown, p.group, p.vector if p.phase == REVISION else plan.encode(p.vector),
+             *([list(p.stale)] if p.stale else [])]
             for p in partials]
-    return orjson.dumps({"src": source, "h": horizon, "p": rows})
+    return orjson.dumps({"src": source, "h": horizon, "at": at, "p": rows})
 
 
-def decode_partials(plan: Plan, raw: bytes) -> tuple[int, dict[str, int] | int, list[Partial]]:
+def decode_partials(plan: Plan, raw: bytes) -> tuple[int, dict[str, int] | int, list[Partial], int]:
+    """(stage-1 partition, its horizons, partials, its input position when it sent them)."""
     obj = orjson.loads(raw)
-    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), plan.decode(v), tuple(rest[0]) if rest else ())
-                                  for w, s, ph, b, g, v, *rest in obj["p"]]
+    return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), v if ph == REVISION else plan.decode(v), tuple(rest[0]) if rest else ())
+                                  for w, s, ph, b, g, v, *rest in obj["p"]], obj.get("at", 0)
