@@ -29,6 +29,7 @@ class KpiCollector:
         self.firing: dict[LabelValues, float] = {}
         self.measures: dict[LabelValues, float] = {}  # (measure, window, breakdown, *dims)
         self.owners: dict[int, set[LabelValues]] = {}  # combine partition -> (window, breakdown, *dims) it exported
+        self.settled: dict[LabelValues, int] = {}  # (window, breakdown, *dims) -> start of the last final window shown
 
     def update(self, snap: Snapshot, owner: int) -> None:
         """Take a closed window's values; a missing KPI removes its series."""
@@ -37,8 +38,14 @@ class KpiCollector:
         self.owners.setdefault(owner, set()).add(where)
         session_only = snap.phase == SESSIONS
         # A second version comes when the delayed sources have reported, after newer
-        # windows: only what they feed is newer than what is shown.
+        # windows: only what they feed is newer than what is shown. A revision (version 3
+        # and on) of a window older than the last one shown that way changes nothing here.
         second = snap.version > 1
+        if second:
+            shown = self.settled.get(where)
+            if shown is not None and snap.start < shown:
+                return
+            self.settled[where] = snap.start
         delayed = self.plan.delayed_measures
         for name, value in snap.measures.items():
             # The sessions phase comes a session timeout later: its event measures
@@ -62,6 +69,8 @@ class KpiCollector:
     def forget(self, owner: int) -> None:
         """Drop the series of groups computed on a partition this worker no longer owns."""
         gone = self.owners.pop(owner, set())
+        for where in gone:
+            self.settled.pop(where, None)
         for data in (self.values, self.targets, self.firing, self.measures):
             for labels in [k for k in data if k[1:] in gone]:
                 del data[labels]
