@@ -30,6 +30,7 @@ from common import log, steady_events  # noqa: E402
 
 from kpi_core import config as config_mod  # noqa: E402
 from kpi_core.aggregate import PartitionAggregator  # noqa: E402
+from kpi_core.combine import Combiner  # noqa: E402
 from kpi_core.events import decode  # noqa: E402
 from kpi_core.pipeline import LocalPipeline  # noqa: E402
 from kpi_core.plan import Plan  # noqa: E402
@@ -80,6 +81,47 @@ def waiting_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
     }
 
 
+def revision_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
+    """Stage 1 and stage 2 state in steady state with revisions (``revise_for``): every hour each
+    campaign's events, and the spend report of two hours earlier (which settles that hour), for
+    ``hours`` of event time; windows older than their revision horizon are dropped as they pass."""
+    agg = PartitionAggregator(plan, idle_ms=plan.config.idle_timeout)
+    comb = Combiner(plan, sources=1)
+    src = {t: plan.source_of(t) for t in ("impression", "click", "lead", "order", "spend")}
+    start = 1_714_564_800_000
+    off = 0
+    gc.collect()
+    before = rss_mb()
+    for h in range(hours):
+        batch = []
+        for c in range(campaigns):
+            name, channel, device = f"camp-{c:05d}", ("paid_search", "social", "email")[c % 3], ("desktop", "mobile")[c % 2]
+            ts = start + h * HOUR + (c % 3600) * 1000
+            base = {"campaign": name, "channel": channel, "device": device}
+            for etype, extra in (("impression", {}), ("click", {"cost": 0.5}), ("lead", {"lead_id": f"l{c}-{h}", "stage": "lead"}),
+                                 ("order", {"order_id": f"o{c}-{h}", "revenue": 40.0, "customer_id": f"u{c}", "new_customer": True})):
+                off += 1
+                batch.append((src[etype], off, etype, ts, {**base, **extra}))
+            if h >= 2:
+                off += 1
+                batch.append((src["spend"], off, "spend", start + (h - 2) * HOUR, {**base, "amount": 100.0, "report_version": 1}))
+        agg.apply(batch)
+        for s in {e[0] for e in batch}:
+            agg.observe(s, start + (h + 1) * HOUR + 20_000 if plan.source_type(s) not in plan.delayed else start + (h - 1) * HOUR, None)
+        comb.receive(0, agg.report_horizons(), agg.advance(None) or [], at=h)
+        comb.finalize_windows()
+        agg.changes()
+        comb.changes()
+    gc.collect()
+    return {
+        "campaigns": campaigns, "hours": hours, "revise_for_h": max(plan.window_revise) / HOUR,
+        "rss_mb": round(rss_mb() - before),
+        "settled_windows": len(agg.settled), "settled_cells": sum(len(g) for g in agg.settled.values()),
+        "restated_reports": len(agg.reports),
+        "published_windows": len(comb.revisable), "published_groups": sum(len(w.groups) for w in comb.revisable.values()),
+    }
+
+
 def throughput(config: Any, events: int, repeat: int) -> float:
     plan = Plan(config)
     sim = SimConfig(campaigns=1000, rate=2.0, seed=11)
@@ -112,10 +154,20 @@ def main() -> None:
     ap.add_argument("--hours", type=int, default=7)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--revision-hours", type=int, default=0, help="hours of event time for the revision state (0: revise_for + 8 h)")
+    ap.add_argument("--only", choices=["revisions"], help="measure only the revision state")
     args = ap.parse_args()
     config = config_mod.load()
+    # The revision state lives in the settle windows (1h); 1-minute windows only cost time here.
+    plan = Plan(config.model_copy(update={"windows": [w for w in config.windows if w.name in (config.settle_windows or [w.name])]}))
+    hours = args.revision_hours or int(max(plan.window_revise) / HOUR) + 8
+    log(f"arrival: revision state, {args.campaigns:,} campaigns, {hours} h of event time")
+    revisions = revision_state(plan, args.campaigns, hours)
+    if args.only:
+        print(json.dumps({"revision_state": revisions}))
+        return
     log(f"arrival: waiting state, {args.campaigns:,} campaigns, {args.hours} h of event time")
-    out: dict[str, Any] = {"waiting_state": waiting_state(Plan(config), args.campaigns, args.hours)}
+    out: dict[str, Any] = {"waiting_state": waiting_state(Plan(config), args.campaigns, args.hours), "revision_state": revisions}
     log(f"arrival: throughput with and without the arrival profiles, {args.events:,} events")
     without = config.model_copy(update={"arrival": {}, "settle_windows": None})
     with_, plain = throughput(config, args.events, args.repeat), throughput(without, args.events, args.repeat)

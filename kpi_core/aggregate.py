@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -104,16 +105,16 @@ class SessionGroup:
 class Report:
     """The report a restated key counts as: its version, event time and data (to take it back).
 
-    ``data`` keeps only the fields that decide its groups and measures
-    (``Plan.report_fields``): reports live as long as their windows can be revised.
+    ``values`` are only the fields that decide its groups and measures, in
+    ``Plan.report_fields`` order: reports live as long as their windows can be revised.
     """
 
-    __slots__ = ("version", "ts", "data")
+    __slots__ = ("version", "ts", "values")
 
-    def __init__(self, version: float, ts: int, data: dict[str, Any]) -> None:
+    def __init__(self, version: float, ts: int, values: tuple[Any, ...]) -> None:
         self.version = version
         self.ts = ts
-        self.data = data
+        self.values = values
 
 
 class PartitionAggregator:
@@ -228,7 +229,7 @@ class PartitionAggregator:
                 window = self.settled.setdefault((wi, start), {})
                 cell = window.get(g)
                 if cell is None:
-                    cell = window[g] = Cell([0.0] * len(pos), {})
+                    cell = window[g] = Cell(array("d", bytes(8 * len(pos))), {})
                 index, key = pos, ("v", wi, start, g[0], g[1])
             if cell.m.get(src, -1) >= off:
                 continue  # stored with this event before a crash
@@ -298,7 +299,8 @@ class PartitionAggregator:
                 self.restatements["outdated"] += 1
                 return None
             self.restatements["replaced"] += 1
-            taken = self.plan.contribution(etype, old.data)
+            old_data = self.plan.report_data(etype, old.values)
+            taken = self.plan.contribution(etype, old_data)
             revise_from = self._revise_from(etype)
             for wi, (size, step) in enumerate(self._windows):
                 h = horizons[wi][0]
@@ -306,12 +308,12 @@ class PartitionAggregator:
                     if taken is not None and start + size <= h and revise_from is not None \
                             and self.plan.window_revise[wi] and start + size > revise_from:
                         # Published, but still revisable: the revision takes the old report out.
-                        cells += self._revise(src, off, wi, start, self.plan.groups(old.data), taken[0], -1)
+                        cells += self._revise(src, off, wi, start, self.plan.groups(old_data), taken[0], -1)
                         continue
                     window = self.cells.get((wi, start))
                     if taken is None or start + size <= h or window is None:
                         continue  # published already: the replacement is late there too
-                    for g in self.plan.groups(old.data):
+                    for g in self.plan.groups(old_data):
                         cell = window.get(g)
                         if cell is None or cell.m.get(src, -1) >= off:
                             continue
@@ -319,7 +321,7 @@ class PartitionAggregator:
                             cell.v[i] -= amount
                         cells.append(cell)
                         self._dirty.add(("c", wi, start, g[0], g[1]))
-        self.reports[key] = Report(version, ts, self.plan.report_data(etype, data))
+        self.reports[key] = Report(version, ts, self.plan.report_values(etype, data))
         self._dirty.add(("r", *key))
         return cells
 
@@ -448,7 +450,7 @@ class PartitionAggregator:
         for g, cell in cells.items():
             self._drop(("c", wi, start, g[0], g[1]))
             if keep:
-                self.settled.setdefault((wi, start), {})[g] = Cell([cell.v[i] for i in slots], cell.m)
+                self.settled.setdefault((wi, start), {})[g] = Cell(array("d", [cell.v[i] for i in slots]), cell.m)
                 self._dirty.add(("v", wi, start, g[0], g[1]))
 
     def _expire_settled(self) -> None:
@@ -538,7 +540,7 @@ class PartitionAggregator:
                     "live": self.watermark.live_sources(), "slow": self.slow, "closed": self.closed}
         if kind == "r":
             r = self.reports[parts[1:]]
-            return {"version": r.version, "t": r.ts, "d": r.data}
+            return {"version": r.version, "t": r.ts, "d": self.plan.report_data(parts[1], r.values)}
         if kind == "c":
             _, wi, start, bi, group = parts
             cell = self.cells[(wi, start)][(bi, group)]
@@ -546,7 +548,7 @@ class PartitionAggregator:
         if kind == "v":
             _, wi, start, bi, group = parts
             cell = self.settled[(wi, start)][(bi, group)]
-            return {"v": cell.v, "m": cell.m}
+            return {"v": list(cell.v), "m": cell.m}
         _, campaign, sid = parts
         g = self.sessions[(campaign, sid)]
         return {"s": [[s.times, s.data] for s in g.sessions], "m": g.m}
@@ -574,9 +576,9 @@ class PartitionAggregator:
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
         elif kind == "v":
             _, wi, start, bi, group = parts
-            self.settled.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(value["v"], value["m"])
+            self.settled.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(array("d", value["v"]), value["m"])
         elif kind == "r":
-            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], value["d"])
+            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]))
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]

@@ -56,15 +56,37 @@ class PendingWindow:
 
 
 class Published:
-    """A group's last published values in a window that may still be revised."""
+    """A group's last published values in a window that may still be revised.
+
+    Kept for every group of the window for ``revise_for`` (72 h of hourly windows), so it is
+    compact: the slots in an array, the previous window only where change KPIs read it, and,
+    when one stage-1 partition gave all of it (a campaign's groups live in one), just that
+    partition and its position instead of a copy of its share.
+    """
 
     __slots__ = ("version", "slots", "previous", "shares")
 
-    def __init__(self, version: int, slots: array, previous: dict[str, float] | None, shares: Shares) -> None:
+    def __init__(self, version: int, slots: array, previous: tuple[float, ...] | None, shares: Shares | tuple[int, int]) -> None:
         self.version = version
         self.slots = slots  # every slot as published (Plan.slot_names order)
-        self.previous = previous
-        self.shares = shares
+        self.previous = previous  # the previous window's Plan.change_measures, if it was published
+        self.shares = shares  # per partition, or (partition, position) when its share is all of it
+
+    def replace_share(self, source: int, at: int, values: list[float], slots: tuple[int, ...]) -> list[float] | None:
+        """Put one partition's new share in; return the revisable totals, or None for a replay."""
+        shares = self.shares
+        if isinstance(shares, tuple):
+            if shares[0] == source:
+                if shares[1] >= at:
+                    return None
+                self.shares = (source, at)
+                return list(values)
+            shares = self.shares = {shares[0]: (shares[1], [self.slots[i] for i in slots])}
+        old = shares.get(source)
+        if old is not None and old[0] >= at:
+            return None  # a replay: this share, or a later one, is in already
+        shares[source] = (at, list(values))
+        return [sum(share[1][j] for share in shares.values()) for j in range(len(slots))]
 
 
 @dataclass(slots=True)
@@ -234,9 +256,14 @@ class Combiner:
     def _keep_for_revision(self, wkey: tuple[int, int, str], pending: PendingWindow, snaps: list[Snapshot]) -> None:
         rw = self.revisable[wkey] = RevisableWindow(set(pending.stale))
         self._dirty.add(("R", *wkey))
+        plan = self.plan
         for (bi, group), snap in zip(sorted(pending.groups), snaps):
-            rw.groups[(bi, group)] = Published(2, array("d", self.plan.slot_values(snap.measures)), snap.previous,
-                                               pending.shares.get((bi, group), {}))
+            shares: Shares | tuple[int, int] = pending.shares.get((bi, group), {})
+            if len(shares) == 1:
+                (source, (at, _)), = shares.items()
+                shares = (source, at)
+            previous = tuple(snap.previous.get(m, 0.0) for m in plan.change_measures) if snap.previous else None
+            rw.groups[(bi, group)] = Published(2, array("d", plan.slot_values(snap.measures)), previous, shares)
             self._dirty.add(("Q", *wkey, bi, group))
 
     def _revise(self, lowest: dict[str, int]) -> list[ClosedWindow]:
@@ -260,12 +287,10 @@ class Combiner:
                 pub = rw.groups.get(g)
                 if pub is None:
                     pub = rw.groups[g] = Published(2, array("d", [0.0] * plan.size), None, {})
-                old = pub.shares.get(source)
-                if old is not None and old[0] >= at:
-                    continue  # a replay: this share, or a later one, is in already
-                pub.shares[source] = (at, list(r.vector))
+                revised = pub.replace_share(source, at, r.vector, slots)
+                if revised is None:
+                    continue
                 self._dirty.add(("Q", *wkey, *g))
-                revised = [sum(share[1][j] for share in pub.shares.values()) for j in range(len(slots))]
                 before = [pub.slots[i] for i in slots]
                 if revised == before:
                     continue
@@ -276,10 +301,11 @@ class Combiner:
                     pub.slots[i] = x
                 pub.version += 1
                 stale = {t for t in rw.stale if reported[t] < end}
-                final, provisional = plan.results(measures, phase, pub.previous, stale=stale)
+                previous = dict(zip(plan.change_measures, pub.previous)) if pub.previous is not None else None
+                final, provisional = plan.results(measures, phase, previous, stale=stale)
                 out.setdefault(wkey, []).append(Snapshot(
                     window=window.name, start=r.start, end=end, dims=dims, group=dict(zip(dims, r.group)),
-                    phase=base_phase(phase), measures=measures, kpis=final, previous=pub.previous, version=pub.version,
+                    phase=base_phase(phase), measures=measures, kpis=final, previous=previous, version=pub.version,
                     provisional=provisional, waiting_for=plan.waiting_for(phase, stale) if provisional else [],
                     revised={n: [old_measures[n], v] for n, v in measures.items() if old_measures.get(n) != v},
                 ))
@@ -337,8 +363,9 @@ class Combiner:
         if key[0] == "Q":
             _, wi, start, phase, bi, group = key
             pub = self.revisable[(wi, start, phase)].groups[(bi, group)]
+            shares = pub.shares
             return {"version": pub.version, "slots": list(pub.slots), "previous": pub.previous,
-                    "shares": [[s, at, v] for s, (at, v) in pub.shares.items()]}
+                    **({"owner": list(shares)} if isinstance(shares, tuple) else {"shares": [[s, at, v] for s, (at, v) in shares.items()]})}
         pending = self.pending[key[1:]]
         enc = self.plan.encode
         out: dict[str, Any] = {"sources": sorted(pending.sources), "groups": [[bi, list(g), enc(v)] for (bi, g), v in pending.groups.items()]}
@@ -368,8 +395,9 @@ class Combiner:
         elif parts[0] == "Q":
             _, wi, start, phase, bi, group = parts
             rw = self.revisable.setdefault((wi, start, phase), RevisableWindow(set()))
-            rw.groups[(bi, tuple(group))] = Published(value["version"], array("d", value["slots"]), value["previous"],
-                                                      {s: (at, v) for s, at, v in value["shares"]})
+            shares = tuple(value["owner"]) if "owner" in value else {s: (at, v) for s, at, v in value["shares"]}
+            previous = tuple(value["previous"]) if value["previous"] is not None else None
+            rw.groups[(bi, tuple(group))] = Published(value["version"], array("d", value["slots"]), previous, shares)
         else:
             _, wi, start, phase = parts
             groups = {(bi, tuple(g)): self.plan.decode(v) for bi, g, v in value["groups"]}

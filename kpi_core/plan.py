@@ -156,9 +156,10 @@ class Plan:
             for i in range(len(config.windows))
         ]
         self.has_change = any(k.kpi.change for k in self.kpis)
+        self.change_measures = tuple(sorted({str(k.kpi.change) for k in self.kpis if k.kpi.change}))
         self.breakdowns: list[tuple[str, ...]] = [tuple(b) for b in config.breakdowns]
         self._dims = tuple(sorted({d for b in self.breakdowns for d in b}))
-        self._report_fields: dict[str, frozenset[str]] = {}
+        self._report_fields: dict[str, tuple[str, ...]] = {}
         self._groups: dict[tuple[Any, ...], list[tuple[int, tuple[str, ...]]]] = {}
         self.windows = config.windows
         self.lateness = config.allowed_lateness
@@ -185,12 +186,18 @@ class Plan:
             return {t for r in m.add for t in self._event_types(r)}
         return {"pageview" if m.event == "session" else str(m.event)}
 
-    def report_data(self, etype: str, data: dict[str, Any]) -> dict[str, Any]:
+    def report_fields(self, etype: str) -> tuple[str, ...]:
         """What a stored report keeps of its event: the fields its groups and measures read."""
         keep = self._report_fields.get(etype)
         if keep is None:
-            keep = self._report_fields[etype] = frozenset({*self._dims, *(x for f in self.feeds.get(etype, ()) for x in (f.field, *f.attrs) if x)})
-        return {k: v for k, v in data.items() if k in keep}
+            keep = self._report_fields[etype] = tuple(sorted({*self._dims, *(x for f in self.feeds.get(etype, ()) for x in (f.field, *f.attrs) if x)}))
+        return keep
+
+    def report_values(self, etype: str, data: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(data.get(k) for k in self.report_fields(etype))
+
+    def report_data(self, etype: str, values: tuple[Any, ...]) -> dict[str, Any]:
+        return {k: v for k, v in zip(self.report_fields(etype), values) if v is not None}
 
     def source_type(self, source: str) -> str | None:
         """The event type of a source partition (``topic:partition``), if its topic is known."""

@@ -73,6 +73,10 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
     if any(restated.values()):
         err.print(f"restated reports: {restated['replaced']} replaced the report counted for their key, "
                   f"{restated['outdated']} were older versions than it and were not counted")
+    revised = sum(1 for snap in snapshots if snap.version > 2)
+    if revised:
+        err.print(f"revisions: {revised} snapshots published again (version 3 and on) by data that came after "
+                  f"their window's final version, within its source's revise_for")
     if late:
         by_type: dict[str, int] = {}
         for _, _, etype, _, _ in late:
@@ -89,7 +93,8 @@ def _table(plan: Plan, snapshots: list[Snapshot], alerts: list[AlertEvent], out:
         table.add_column(col)
     for snap in snapshots:
         # A second version repeats the fast KPIs unchanged: show only what it settles.
-        rows = [(k, v, "final") for k, v in snap.kpis.items() if snap.version == 1 or plan.kpi_by_name[k].waits]
+        final = "final" if snap.version < 3 else f"revised (version {snap.version})"
+        rows = [(k, v, final) for k, v in snap.kpis.items() if snap.version == 1 or plan.kpi_by_name[k].waits]
         waiting = ", ".join(snap.waiting_for)
         rows += [(k, v, f"provisional (waits for {waiting})") for k, v in snap.provisional.items()]
         for kpi, value, note in rows:

@@ -152,3 +152,30 @@ def test_a_stale_feed_says_how_far_behind_it_is_and_that_its_kpis_are_held() -> 
     assert render_event(resolved)[0].splitlines()[0] == "✅ RESOLVED · feed=spend · feed caught up"
     assert render_event(resolved)[0].splitlines()[1] == ("✅ spend feed caught up: 1.0 h behind the fast streams (delay 1.5 h) · "
                                                         "rule: feed stale · reported up to 2024-05-01T14:00:00Z, fast streams at 2024-05-01T15:00:00Z")
+
+
+WITHDRAWN = make_event(
+    seq=2, kind="withdrawn", severity="warning",
+    findings=[make_finding(CPC_FINDING, status="withdrawn", value=0.45, revised_from=0.75)],
+    extra={"revision": 3, "revised": {"click_cost": [31.5, 18.9]}},
+)
+
+
+def test_a_withdrawn_incident_says_so_with_the_revised_value_and_what_was_alerted_on() -> None:
+    text, blocks = render_event(WITHDRAWN)
+    assert text.splitlines() == [
+        "↩️ WITHDRAWN · campaign=spring-sale · revised data: 1 KPI not breaching after all",
+        "↩️ cpc withdrawn: revised to 0.45 (alerted on 0.75 above target 0.50) · rule: target · "
+        "window 1m 2024-05-01T12:00:00Z–2024-05-01T12:01:00Z",
+    ]
+    assert_valid_blocks(blocks)
+    assert render_update(WITHDRAWN, previous_severity="warning", previously_firing=["cpc"]) == (
+        "Withdrawn: the window's data was revised (version 3: click_cost 31.50 → 18.90). "
+        "cpc withdrawn: revised to 0.45 (alerted on 0.75 above target 0.50). This alert should not have opened.")
+
+
+def test_one_kpi_withdrawn_while_another_still_fires_is_an_update() -> None:
+    event = make_event(kind="updated", findings=[make_finding(), *WITHDRAWN.findings], extra=WITHDRAWN.extra)
+    assert render_update(event, previous_severity="critical", previously_firing=["ctr", "cpc"]) == (
+        "Withdrawn (the window's data was revised (version 3: click_cost 31.50 → 18.90)): "
+        "cpc withdrawn: revised to 0.45 (alerted on 0.75 above target 0.50)")
