@@ -219,9 +219,22 @@ def _verdict(f: Finding) -> str:
         return f"back to {format_value(f.value, f.unit)}" + (f" ({', '.join(refs)})" if refs else "")
     elif line is None:
         verdict = format_value(f.value, f.unit)
+    elif f.expected is not None:
+        # Seasonal drift: the expected range for this hour and day, and how unusual the value is.
+        lo, hi = f.expected
+        refs = [x for x in refs if not x.startswith("baseline")]
+        verdict = (f"{format_value(f.value, f.unit)}, expected {format_value(lo, f.unit)}–{format_value(hi, f.unit)}"
+                   + (f" at {f.when}" if f.when else "") + f" ({_unusual(f)})")
     else:
         verdict = f"{format_value(f.value, f.unit)} is {_side(f)} {name} {format_value(line, f.unit)}"
     return verdict + (f" ({', '.join(refs)})" if refs else "")
+
+
+def _unusual(f: Finding) -> str:
+    """``4.1 sd above, p = 2e-05``: how far out, in the baseline's spreads, and how likely by chance."""
+    side = "above" if (f.z or 0) > 0 else "below"
+    p = f.p_value if f.p_value is not None else 1.0
+    return f"{abs(f.z or 0):.1f} sd {side} expected, p = {p:.1g}"
 
 
 def _hours(seconds: float) -> str:
@@ -235,7 +248,7 @@ def _short(f: Finding, event: AlertEvent) -> str:
     if f.rule == "stale":
         return _escape(f"{f.kpi} {_verdict(f)}")
     name, line = _line(f)
-    if f.status in ("resolved", "withdrawn") or f.value is None or line is None:
+    if f.status in ("resolved", "withdrawn") or f.value is None or line is None or f.expected is not None:
         return _escape(f"{f.kpi} {_verdict(f)}")
     return _escape(f"{f.kpi} {format_value(f.value, f.unit)} {_side(f)} {name} {format_value(line, f.unit)}")
 

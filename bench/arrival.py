@@ -7,7 +7,8 @@
    spend reports restated once, nothing reported complete) and measures the aggregator's
    RSS growth and the bytes its changelog would hold.
 2. Throughput. Decode + ``LocalPipeline`` over the same simulated mix with the built-in
-   config, with and without its ``arrival`` section (best of ``--repeat``).
+   config, with and without its ``arrival`` section, and without ``revise_for`` (best of ``--repeat``).
+3. Revisions. The state ``revise_for`` keeps in steady state (``revision_state``).
 
 Prints JSON.
 """
@@ -170,8 +171,11 @@ def main() -> None:
     out: dict[str, Any] = {"waiting_state": waiting_state(Plan(config), args.campaigns, args.hours), "revision_state": revisions}
     log(f"arrival: throughput with and without the arrival profiles, {args.events:,} events")
     without = config.model_copy(update={"arrival": {}, "settle_windows": None})
+    no_revisions = config.model_copy(update={"arrival": {k: a.model_copy(update={"revise_for": 0}) for k, a in config.arrival.items()}})
     with_, plain = throughput(config, args.events, args.repeat), throughput(without, args.events, args.repeat)
-    out["throughput"] = {"with_arrival_ev_s": round(with_), "without_ev_s": round(plain), "change": round(with_ / plain - 1, 3)}
+    unrevised = throughput(no_revisions, args.events, args.repeat)
+    out["throughput"] = {"with_arrival_ev_s": round(with_), "without_ev_s": round(plain), "change": round(with_ / plain - 1, 3),
+                         "without_revisions_ev_s": round(unrevised), "revisions_change": round(with_ / unrevised - 1, 3)}
     print(json.dumps(out))
 
 

@@ -459,7 +459,24 @@ def _arrival(ar: dict[str, Any] | None) -> list[str]:
         "",
         f"Throughput of decode + `LocalPipeline` over the simulated mix, built-in config, best of 3: "
         f"{_n(tp.get('with_arrival_ev_s'))} events/s with the arrival profiles, {_n(tp.get('without_ev_s'))} without "
-        f"({tp.get('change', 0) * 100:+.1f}%).",
+        f"({tp.get('change', 0) * 100:+.1f}%); without `revise_for` {_n(tp.get('without_revisions_ev_s'))} events/s "
+        f"(revisions: {tp.get('revisions_change', 0) * 100:+.1f}%).",
+        "",
+        *_revision_state(ar.get("revision_state")),
+    ]
+
+
+def _revision_state(rs: dict[str, Any] | None) -> list[str]:
+    if not rs:
+        return []
+    return [
+        f"**Revision state** (`revise_for`, {rs.get('revise_for_h'):.0f} h in the built-in config), in steady state: "
+        f"{_n(rs.get('campaigns'))} campaigns, {rs.get('hours')} h of event time, each hour's spend report two hours "
+        f"late so every hour is settled and then kept for revisions. RSS growth of stage 1 and stage 2 together: "
+        f"**{_n(rs.get('rss_mb'))} MB**; {_n(rs.get('settled_cells'))} settled cells in {_n(rs.get('settled_windows'))} "
+        f"windows, {_n(rs.get('restated_reports'))} restated reports, {_n(rs.get('published_groups'))} published groups "
+        f"in {_n(rs.get('published_windows'))} window passes at stage 2. A worker's in-memory changelog tables hold a "
+        "serialized copy of the same state on top.",
         "",
     ]
 

@@ -798,10 +798,10 @@ def phase_statemem(ctx: Ctx, results: dict[str, Any]) -> None:
 
 def phase_arrival(ctx: Ctx, results: dict[str, Any]) -> None:
     a = ctx.args
-    log(f"== late data: waiting state at {a.memory_campaigns:,} campaigns, throughput with and without arrival profiles")
+    log(f"== late data: waiting and revision state at {a.memory_campaigns:,} campaigns, throughput with and without arrival profiles")
     results["arrival"] = run_json(
         [PY, str(BENCH_DIR / "arrival.py"), "--campaigns", str(a.memory_campaigns), "--hours", "7"],
-        timeout=900, what="late data",
+        timeout=3600, what="late data",
     )
 
 

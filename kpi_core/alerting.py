@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import asdict, dataclass
+from zoneinfo import ZoneInfo
 from statistics import NormalDist
 from typing import Any
 from urllib.parse import urlencode
@@ -24,6 +25,7 @@ from urllib.parse import urlencode
 import orjson
 
 from kpi_core.aggregate import NEVER
+from kpi_core.baseline import Expectation, Seasonal, local_hour_and_day
 from kpi_core.combine import ClosedWindow
 from kpi_core.config import Target
 from kpi_core.incidents import AlertEvent, Contributor, Finding
@@ -32,6 +34,7 @@ from kpi_core.results import Snapshot, breakdown_name
 from kpi_core.state import Change, drain
 
 WEEK_MS = 7 * 86_400_000
+_DAYS = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays", "Sundays")
 NO_DATA = "no_data"
 STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
 
@@ -74,6 +77,7 @@ class Incident:
     # Rules over revisable data: the state before the last evaluation, so a revision of that
     # window can judge it again from there.
     before: dict[str, Any] | None = None
+    z: float | None = None  # seasonal drift: the last window's z (two windows of evidence judge a sustained shift)
 
 
 @dataclass(slots=True)
@@ -106,6 +110,8 @@ class AlertEngine:
         self.incidents: dict[tuple[Any, ...], Incident] = {}
         self.threads: dict[tuple[Any, ...], Thread] = {}
         self.baselines: dict[tuple[Any, ...], Baseline] = {}
+        self.seasonal: dict[tuple[Any, ...], Seasonal] = {}  # drift baseline "seasonal" (kpi_core/baseline.py)
+        self.tz = ZoneInfo(cfg.alerting.timezone)
         self.active: dict[tuple[Any, ...], int] = {}  # no-data tracking: (wi, bi, group) -> last active start
         self.feeds: dict[str, Incident] = {}  # delayed event type -> its stale-feed incident
         self.feed_seq: dict[str, int] = {}  # delayed event type -> its thread's last sequence number
@@ -208,7 +214,8 @@ class AlertEngine:
         rule = target.rule_for(snap.group)
         value = snap.kpis[kpi]
         num, num_name, den, den_name = k.volume(snap.measures, snap.previous)
-        baseline = self._baseline(kpi, wi, bi, group, rule, snap.start)
+        expectation = self._expect(kpi, wi, bi, group, rule, snap.start, num, den)
+        baseline = expectation.centre if expectation else self._baseline(kpi, wi, bi, group, rule, snap.start)
         ikey = (kpi, wi, bi, group)
         inc = self.incidents.get(ikey) or Incident()
         if snap.start <= inc.evaluated:
@@ -224,14 +231,26 @@ class AlertEngine:
         lines = []
         if rule.value is not None:
             lines.append(("target", rule.value))
-        if rule.drift and baseline is not None:
+        seasonal = None
+        if expectation is not None and value is not None:
+            seasonal = self._seasonal_breach(expectation, rule, value, direction, inc.z)
+            inc.z = expectation.z(value)
+            if seasonal is not None:
+                lines.append(("drift", seasonal[0]))
+        elif rule.drift and baseline is not None:
             factor = 1 - rule.drift.change if direction == "higher" else 1 + rule.drift.change
             lines.append(("drift", baseline * factor))
+        if expectation is None:
+            inc.z = None
         interval = None
         if rule.confidence and kpi in self.proportions and den > 0:
             interval = wilson(num, den, rule.confidence)
         breached = []
         for name, line in lines:
+            if name == "drift" and seasonal is not None:
+                # Judged on its expected range already (volume included): it left it on this side.
+                breached.append((abs(value - line) / abs(line) if line else math.inf, name, line))
+                continue
             # With a confidence level, the whole interval must lie on the bad side.
             probe = (interval[1] if direction == "higher" else interval[0]) if interval else value
             if _bad_side(probe, line, direction):
@@ -242,20 +261,24 @@ class AlertEngine:
             severity = "critical" if size >= rule.critical else "warning"
             finding = Finding(
                 kpi=kpi, rule=rule_name, severity=severity, value=value, threshold=line, target=rule.value,
-                baseline=baseline, direction=direction, unit=k.kpi.unit, numerator=num, numerator_name=num_name,
+                baseline=baseline, direction=seasonal[1] if seasonal and rule_name == "drift" else direction, unit=k.kpi.unit, numerator=num, numerator_name=num_name,
                 denominator=den, denominator_name=den_name, interval=interval,
                 contributor=self._contributor(k, snap, batch, baseline if rule_name == "drift" else line),
             )
-        what = self._step(ikey, inc, rule, finding, value, lines, snap, baseline, interval)
+            if expectation is not None and rule.drift is not None:
+                z = expectation.z(value)
+                finding.expected = expectation.range(rule.drift.confidence)
+                finding.z, finding.p_value = z, Expectation.p_value(z)
+                finding.when = f"{expectation.hour:02d}:00 on {_DAYS[expectation.day]}"
+        what = self._step(ikey, inc, rule, finding, value, lines, snap, baseline, interval, direction)
         if inc.status == "ok":
             # Only healthy windows feed the baseline, or a lasting drop would become the new normal.
             self._remember(kpi, wi, bi, group, rule, snap.start, num, den, value, again=again)
         return what
 
     def _step(self, ikey: tuple[Any, ...], inc: Incident, rule: Target, finding: Finding | None, value: float,
-              lines: list[tuple[str, float]], snap: Snapshot, baseline: float | None, interval: Any) -> str | None:
+              lines: list[tuple[str, float]], snap: Snapshot, baseline: float | None, interval: Any, direction: str) -> str | None:
         """Advance one incident's state machine; return what changed ("opened", "escalated", ...)."""
-        direction = self.rules[ikey[0]][0].kpi.direction
         what = None
         if inc.status == "firing":
             if finding:
@@ -334,6 +357,61 @@ class AlertEngine:
 
     # -- baselines -------------------------------------------------------------
 
+    def _expect(self, kpi: str, wi: int, bi: int, group: Group, rule: Target, start: int, num: float, den: float) -> Expectation | None:
+        """The seasonal baseline's expectation for this window (None: not seasonal, or still warming up)."""
+        drift = rule.drift
+        if drift is None or drift.baseline != "seasonal":
+            return None
+        model = self.seasonal.get((kpi, wi, bi, group))
+        if model is None:
+            return None
+        hour, day = local_hour_and_day(start, self.tz)
+        first = model.expect(hour, day, warmup=drift.warmup)
+        if first is None or kpi not in self.proportions or den <= 0 or not 0 < first.centre < 1:
+            return first
+        # A proportion of few trials is noisier than the baseline's usual spread: its sampling
+        # variance (binomial, around the expected rate; delta method in log space) widens the range.
+        p = first.centre
+        return model.expect(hour, day, warmup=drift.warmup, sampling_var=(1 - p) / (den * p))
+
+    def expected_range(self, kpi: str, snap: Snapshot) -> tuple[float, float] | None:
+        """The expected range a seasonal drift rule would judge this window's KPI by (for charts)."""
+        if kpi not in self.rules:
+            return None
+        k, target = self.rules[kpi]
+        rule = target.rule_for(snap.group)
+        if rule.drift is None:
+            return None
+        wi = next(i for i, w in enumerate(self.plan.windows) if w.name == snap.window)
+        num, _, den, _ = k.volume(snap.measures, snap.previous)
+        e = self._expect(kpi, wi, self.plan.breakdowns.index(snap.dims), tuple(snap.group[d] for d in snap.dims),
+                         rule, snap.start, num, den)
+        return e.range(rule.drift.confidence) if e else None
+
+    @staticmethod
+    def _seasonal_breach(e: Expectation, rule: Target, value: float, direction: str, prev_z: float | None) -> tuple[float, str] | None:
+        """(the line crossed, the side's direction) if the value is drift.
+
+        A spike: outside the expected range at the rule's confidence. A sustained shift: this
+        window and the one before on the same side, whose evidence together ((z₁ + z₂)/√2, as
+        for one window of twice the data) is outside it; the line is then what this window had
+        to pass given the one before. Either way also at least ``change`` from the expectation.
+        """
+        drift = rule.drift
+        assert drift is not None
+        limit = e.limit(drift.confidence)
+        both = drift.sides == "both" or direction not in ("higher", "lower")
+        for side, sign in (("higher", -1), ("lower", 1)):
+            if not (direction == side or both) or sign * (value / e.centre - 1) < drift.change:
+                continue
+            need = limit  # in spreads from the expectation, on this side
+            if prev_z is not None and sign * prev_z > 0:
+                need = min(limit, max(limit * math.sqrt(2) - sign * prev_z, limit / 2))
+            line = e.at(sign * need)
+            if sign * (value - line) > 0:
+                return line, side
+        return None
+
     def _baseline(self, kpi: str, wi: int, bi: int, group: Group, rule: Target, start: int) -> float | None:
         drift = rule.drift
         b = self.baselines.get((kpi, wi, bi, group))
@@ -358,6 +436,14 @@ class AlertEngine:
         if drift is None or value is None:
             return
         key = (kpi, wi, bi, group)
+        if drift.baseline == "seasonal":
+            model = self.seasonal.get(key) or Seasonal()
+            n = model.n
+            model.learn(start, *local_hour_and_day(start, self.tz), value)
+            if model.n != n:
+                self.seasonal[key] = model
+                self._dirty.add(("s", *key))
+            return
         b = self.baselines.get(key) or Baseline([])
         if again and b.rows and b.rows[-1][0] == start:
             b.rows[-1] = [start, num, den, value]  # a revised window: its row takes the revised values
@@ -521,6 +607,8 @@ class AlertEngine:
             return asdict(self.threads[rest])
         if kind == "b":
             return asdict(self.baselines[rest])
+        if kind == "s":
+            return self.seasonal[rest].to_json()
         if kind == "f":
             return {"incident": asdict(self.feeds[rest[0]]), "seq": self.feed_seq[rest[0]]}
         return self.active[rest]
@@ -537,6 +625,9 @@ class AlertEngine:
         elif kind == "b":
             kpi, wi, bi, group = parts[1:]
             self.baselines[(kpi, wi, bi, tuple(group))] = Baseline(**value)
+        elif kind == "s":
+            kpi, wi, bi, group = parts[1:]
+            self.seasonal[(kpi, wi, bi, tuple(group))] = Seasonal.from_json(value)
         elif kind == "f":
             self.feeds[parts[1]] = Incident(**value["incident"])
             self.feed_seq[parts[1]] = value["seq"]

@@ -162,10 +162,20 @@ class Kpi(_Model):
 
 
 class Drift(_Model):
-    """Alert when a KPI moves ``change`` (a fraction, e.g. 25%) to its bad side of a baseline."""
+    """Alert when a KPI moves away from what its baseline expects, to its bad side.
 
-    change: float
-    baseline: Literal["trailing", "week"] = "trailing"  # the trailing N windows, or the same window a week earlier
+    ``seasonal`` (the default, kpi_core/baseline.py): the expectation for *this* hour of day
+    and day of week, learned; a breach is a value outside the prediction interval at
+    ``confidence`` and at least ``change`` (a fraction) away from the expected value.
+    ``trailing`` / ``week``: at least ``change`` beyond the mean of the trailing ``windows``
+    (or the same window a week earlier); no notion of spread.
+    """
+
+    change: float = 0.25  # the smallest change worth a page, relative to the baseline
+    baseline: Literal["seasonal", "trailing", "week"] = "seasonal"
+    confidence: float = Field(default=0.9999, gt=0.5, lt=1)  # seasonal: the prediction interval (two-sided)
+    warmup: int = Field(default=72, ge=1)  # seasonal: windows learned before any is judged (3 days of hours)
+    sides: Literal["bad", "both"] = "bad"  # both: a rise and a drop are drift (default for direction: context)
     windows: int = Field(default=6, ge=1, le=500)  # trailing windows in the baseline
     method: Literal["mean", "ewma"] = "mean"
     alpha: float = Field(default=0.3, gt=0, le=1)  # EWMA weight of the newest window
@@ -262,6 +272,18 @@ class Alerting(_Model):
     default_channel: str | None = None  # else SLACK_CHANNEL
     grafana_url: str | None = None  # base URL of the KPI dashboard, for links in messages
     no_data: NoData | None = None
+    timezone: str = "UTC"  # where "this hour on Tuesdays" is reckoned (seasonal baselines; DST-safe)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as Europe/Berlin") from None
+        return value
 
 
 def _parse_number(value: Any) -> Any:

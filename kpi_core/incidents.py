@@ -51,12 +51,20 @@ class Finding:
     # on the good side; the incident should never have opened.
     status: Literal["firing", "resolved", "withdrawn"] = "firing"
     revised_from: float | None = None  # withdrawn: the value the incident opened on
+    # Seasonal drift (kpi_core/baseline.py): the expected range at the rule's confidence for
+    # this hour and day, how unusual the value is (z in log space, one-sided p-value), and when.
+    expected: tuple[float, float] | None = None
+    z: float | None = None
+    p_value: float | None = None
+    when: str | None = None  # e.g. "09:00 on Tuesdays"
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Finding:
         raw = dict(raw)
         if raw.get("interval") is not None:
             raw["interval"] = tuple(raw["interval"])
+        if raw.get("expected") is not None:
+            raw["expected"] = tuple(raw["expected"])
         if raw.get("contributor") is not None:
             raw["contributor"] = Contributor(**raw["contributor"])
         return cls(**raw)

@@ -179,3 +179,14 @@ def test_one_kpi_withdrawn_while_another_still_fires_is_an_update() -> None:
     assert render_update(event, previous_severity="critical", previously_firing=["ctr", "cpc"]) == (
         "Withdrawn (the window's data was revised (version 3: click_cost 31.50 → 18.90)): "
         "cpc withdrawn: revised to 0.45 (alerted on 0.75 above target 0.50)")
+
+
+def test_a_seasonal_drift_says_the_expected_range_for_this_hour_and_how_unusual_the_value_is() -> None:
+    finding = make_finding(CPC_FINDING, rule="drift", value=0.41, threshold=0.30, target=None, baseline=0.26,
+                           expected=(0.22, 0.30), z=4.21, p_value=1.3e-5, when="09:00 on Tuesdays")
+    text, blocks = render_event(make_event(severity="warning", findings=[finding]))
+    assert ("🟠 cpc 0.41, expected 0.22–0.30 at 09:00 on Tuesdays (4.2 sd above expected, p = 1e-05) · "
+            "31.50 click_cost / 42 clicks · rule: drift") in text
+    assert_valid_blocks(blocks)
+    assert render_update(make_event(kind="reminder", findings=[finding])) == (
+        "Still firing: cpc 0.41, expected 0.22–0.30 at 09:00 on Tuesdays (4.2 sd above expected, p = 1e-05)")

@@ -58,7 +58,7 @@ def _by_group(alerts: list[AlertEvent], dims: tuple[str, ...] = ("campaign",)) -
 
 def test_a_30_percent_ctr_drop_among_50_campaigns_alerts_within_two_windows_and_nothing_else() -> None:
     rng = random.Random(5)
-    plan = _config({"ctr": {"drift": {"change": "25%", "windows": 3}, "min_denominator": 300, "for": 2}})
+    plan = _config({"ctr": {"drift": {"change": "25%", "baseline": "trailing", "windows": 3}, "min_denominator": 300, "for": 2}})
     windows: dict[str, list[tuple[int, int]]] = {}
     for c in range(51):
         name = f"camp-{c:02d}"
