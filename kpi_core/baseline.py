@@ -29,7 +29,7 @@ from datetime import datetime
 from statistics import NormalDist
 from zoneinfo import ZoneInfo
 
-ALPHA = 0.05  # level: about a day of hourly windows
+ALPHA = 0.01  # level: half-life of about three days of hourly windows (slower than the weekly rhythm)
 GAMMA = 0.15  # hour-of-day effect, per time that hour is seen
 DELTA = 0.05  # day-of-week effect, per window of that day
 BETA = 0.03  # spread
@@ -118,18 +118,19 @@ class Seasonal:
             bound = CLIP * self.spread * MAD_TO_SD
             r = max(-bound, min(bound, r))
         # The first window at an hour (or on a day) shows its effect, not noise: not a spread sample.
-        if self.seen_h[hour] and self.seen_d[day]:
+        known_hour, known_day = self.seen_h[hour] > 0, self.seen_d[day] > 0
+        if known_hour and known_day:
             self.spread = abs(r) if self.spread == 0 else (1 - BETA) * self.spread + BETA * abs(r)
-        self.seen_h[hour] += 1
-        self.seen_d[day] += 1
         # Early on an effect is the running mean of its residuals; later a fixed rate.
+        self.seen_h[hour] += 1
         a = max(ALPHA, 1 / (self.n + 1))
         g = max(GAMMA, 1 / self.seen_h[hour])
-        d = max(DELTA, 1 / self.seen_d[day])
         self.level += a * r
         rest = r * (1 - a)
         self.hod[hour] += g * rest
-        self.dow[day] += d * rest * (1 - g)
+        if known_hour:  # before that the residual is the hour's effect: a day would take the daily cycle for its own
+            self.seen_d[day] += 1
+            self.dow[day] += max(DELTA, 1 / self.seen_d[day]) * rest * (1 - g)
         # Keep the effects centred, so the level carries the overall scale.
         for effects in (self.hod, self.dow):
             m = sum(effects) / len(effects)

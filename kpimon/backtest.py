@@ -14,6 +14,7 @@ alerting group's KPI against the baseline's expected range, with its alerts and 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,6 +206,7 @@ def charts(outcome: Outcome, labels: list[Label] | None, directory: Path, *, lim
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font cache note is not news
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
