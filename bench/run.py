@@ -805,17 +805,25 @@ def phase_arrival(ctx: Ctx, results: dict[str, Any]) -> None:
     )
 
 
+def phase_baselines(ctx: Ctx, results: dict[str, Any]) -> None:
+    a = ctx.args
+    log(f"== seasonal drift baselines: memory at {a.memory_campaigns:,} campaigns x 3 KPIs")
+    results["baselines"] = run_json([PY, str(BENCH_DIR / "baselines.py"), "--campaigns", str(a.memory_campaigns)],
+                                    timeout=900, what="baselines")
+
+
 # -- main ---------------------------------------------------------------------------------
 
 PHASES = {"throughput": phase_throughput, "scaling": phase_scaling, "whatif": phase_whatif,
-          "latency": phase_latency, "memory": phase_memory, "statemem": phase_statemem, "arrival": phase_arrival}
+          "latency": phase_latency, "memory": phase_memory, "statemem": phase_statemem, "arrival": phase_arrival,
+          "baselines": phase_baselines}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k events and shorter phases")
     ap.add_argument("--events", type=int, help="events to preload (default 1,000,000; 100,000 with --quick)")
-    ap.add_argument("--phases", default="throughput,scaling,whatif,latency,memory,statemem,arrival")
+    ap.add_argument("--phases", default="throughput,scaling,whatif,latency,memory,statemem,arrival,baselines")
     ap.add_argument("--campaigns", type=int, default=1000, help="campaigns in the preloaded mix")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
