@@ -138,7 +138,7 @@ def test_historical_events_keep_their_windows_and_alerts_show(tmp_path: Path) ->
         "kpi": "ctr", "rule": "target", "severity": "critical", "value": 0.01, "threshold": 0.05, "target": 0.05,
         "baseline": None, "direction": "higher", "unit": "percent", "numerator": 1.0, "numerator_name": "clicks",
         "denominator": 100.0, "denominator_name": "impressions", "interval": None, "contributor": None, "status": "firing",
-        "revised_from": None,
+        "revised_from": None, "expected": None, "z": None, "p_value": None, "when": None,
     }
 
 
