@@ -45,6 +45,17 @@ def rss_mb() -> float:
     return int(m.group(1)) / 1024 if m else 0.0
 
 
+def _campaign(c: int) -> dict[str, str]:
+    return {"campaign": f"camp-{c:05d}", "channel": ("paid_search", "social", "email")[c % 3], "device": ("desktop", "mobile")[c % 2]}
+
+
+def _fast_events(c: int, h: int, base: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """One campaign's impression, click, lead and order of hour ``h``."""
+    return [(etype, {**base, **extra}) for etype, extra in (
+        ("impression", {}), ("click", {"cost": 0.5}), ("lead", {"lead_id": f"l{c}-{h}", "stage": "lead"}),
+        ("order", {"order_id": f"o{c}-{h}", "revenue": 40.0, "customer_id": f"u{c}", "new_customer": True}))]
+
+
 def waiting_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
     agg = PartitionAggregator(plan, idle_ms=plan.config.idle_timeout)
     src = {t: plan.source_of(t) for t in ("impression", "click", "lead", "order", "spend")}
@@ -56,13 +67,10 @@ def waiting_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
     for h in range(hours):
         batch = []
         for c in range(campaigns):
-            name, channel, device = f"camp-{c:05d}", ("paid_search", "social", "email")[c % 3], ("desktop", "mobile")[c % 2]
-            ts = start + h * HOUR + (c % 3600) * 1000
-            base = {"campaign": name, "channel": channel, "device": device}
-            for etype, extra in (("impression", {}), ("click", {"cost": 0.5}), ("lead", {"lead_id": f"l{c}-{h}", "stage": "lead"}),
-                                 ("order", {"order_id": f"o{c}-{h}", "revenue": 40.0, "customer_id": f"u{c}", "new_customer": True})):
+            base = _campaign(c)
+            for etype, data in _fast_events(c, h, base):
                 off += 1
-                batch.append((src[etype], off, etype, ts, {**base, **extra}))
+                batch.append((src[etype], off, etype, start + h * HOUR + (c % 3600) * 1000, data))
             for version in (1, 2):  # the hour's report, then its restatement
                 off += 1
                 batch.append((src["spend"], off, "spend", start + h * HOUR, {**base, "amount": 100.0 - version, "report_version": version}))
@@ -96,13 +104,10 @@ def revision_state(plan: Plan, campaigns: int, hours: int) -> dict[str, Any]:
     for h in range(hours):
         batch = []
         for c in range(campaigns):
-            name, channel, device = f"camp-{c:05d}", ("paid_search", "social", "email")[c % 3], ("desktop", "mobile")[c % 2]
-            ts = start + h * HOUR + (c % 3600) * 1000
-            base = {"campaign": name, "channel": channel, "device": device}
-            for etype, extra in (("impression", {}), ("click", {"cost": 0.5}), ("lead", {"lead_id": f"l{c}-{h}", "stage": "lead"}),
-                                 ("order", {"order_id": f"o{c}-{h}", "revenue": 40.0, "customer_id": f"u{c}", "new_customer": True})):
+            base = _campaign(c)
+            for etype, data in _fast_events(c, h, base):
                 off += 1
-                batch.append((src[etype], off, etype, ts, {**base, **extra}))
+                batch.append((src[etype], off, etype, start + h * HOUR + (c % 3600) * 1000, data))
             if h >= 2:
                 off += 1
                 batch.append((src["spend"], off, "spend", start + (h - 2) * HOUR, {**base, "amount": 100.0, "report_version": 1}))
