@@ -162,8 +162,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--revision-hours", type=int, default=0, help="hours of event time for the revision state (0: revise_for + 8 h)")
     ap.add_argument("--only", choices=["revisions"], help="measure only the revision state")
+    ap.add_argument("--revise-for", help="measure the revision state with this spend revise_for instead of the built-in's")
     args = ap.parse_args()
     config = config_mod.load()
+    if args.revise_for:
+        spend = config.arrival["spend"].model_copy(update={"revise_for": config_mod.parse_duration(args.revise_for)})
+        config = config.model_copy(update={"arrival": {**config.arrival, "spend": spend}})
     # The revision state lives in the settle windows (1h); 1-minute windows only cost time here.
     plan = Plan(config.model_copy(update={"windows": [w for w in config.windows if w.name in (config.settle_windows or [w.name])]}))
     hours = args.revision_hours or int(max(plan.window_revise) / HOUR) + 8
