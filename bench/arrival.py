@@ -161,7 +161,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--revision-hours", type=int, default=0, help="hours of event time for the revision state (0: revise_for + 8 h)")
-    ap.add_argument("--only", choices=["revisions"], help="measure only the revision state")
+    ap.add_argument("--only", choices=["revisions", "throughput"], help="measure only this")
     ap.add_argument("--revise-for", help="measure the revision state with this spend revise_for instead of the built-in's")
     args = ap.parse_args()
     config = config_mod.load()
@@ -171,13 +171,17 @@ def main() -> None:
     # The revision state lives in the settle windows (1h); 1-minute windows only cost time here.
     plan = Plan(config.model_copy(update={"windows": [w for w in config.windows if w.name in (config.settle_windows or [w.name])]}))
     hours = args.revision_hours or int(max(plan.window_revise) / HOUR) + 8
-    log(f"arrival: revision state, {args.campaigns:,} campaigns, {hours} h of event time")
-    revisions = revision_state(plan, args.campaigns, hours)
-    if args.only:
+    revisions = None
+    if args.only != "throughput":
+        log(f"arrival: revision state, {args.campaigns:,} campaigns, {hours} h of event time")
+        revisions = revision_state(plan, args.campaigns, hours)
+    if args.only == "revisions":
         print(json.dumps({"revision_state": revisions}))
         return
     log(f"arrival: waiting state, {args.campaigns:,} campaigns, {args.hours} h of event time")
-    out: dict[str, Any] = {"waiting_state": waiting_state(Plan(config), args.campaigns, args.hours), "revision_state": revisions}
+    out: dict[str, Any] = {"revision_state": revisions}
+    if args.only != "throughput":
+        out["waiting_state"] = waiting_state(Plan(config), args.campaigns, args.hours)
     log(f"arrival: throughput with and without the arrival profiles, {args.events:,} events")
     without = config.model_copy(update={"arrival": {}, "settle_windows": None})
     no_revisions = config.model_copy(update={"arrival": {k: a.model_copy(update={"revise_for": 0}) for k, a in config.arrival.items()}})

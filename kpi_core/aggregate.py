@@ -147,7 +147,7 @@ class PartitionAggregator:
         late: list[Routed] = []
         plan, fast = self.plan, self.horizon
         late_at = self._late_horizons() if plan.arrival else {}
-        by_type: dict[str, list[tuple[int, bool]]] = {}  # event type -> _window_horizons, once per call
+        by_type: dict[str, tuple[list[tuple[int, bool]], int | None]] = {}  # event type -> (_window_horizons, _revise_from), once per call
         applied, dirty = self.applied, self._dirty
         for ev in events:
             src, off, etype, ts, data = ev
@@ -156,9 +156,10 @@ class PartitionAggregator:
             applied[src] = off
             dirty.add(("w",))
             is_late = False
-            horizons = by_type.get(etype)
-            if horizons is None:
-                horizons = by_type[etype] = self._window_horizons(etype, late_at.get(etype, fast))
+            per_type = by_type.get(etype)
+            if per_type is None:
+                per_type = by_type[etype] = (self._window_horizons(etype, late_at.get(etype, fast)), self._revise_from(etype))
+            horizons, revise_from = per_type
             contribution = plan.contribution(etype, data) if etype in plan.feeds else None
             feeds_measures = contribution is not None
             groups = plan.groups(data) if feeds_measures else ()
@@ -167,12 +168,11 @@ class PartitionAggregator:
                 taken = self._restate(src, off, etype, ts, data, horizons)
                 if taken is None:
                     continue  # an older version of a report already counted
-            revise_from = self._revise_from(etype) if feeds_measures else None
             for wi, (size, step) in enumerate(self._windows):
                 h, counts_late = horizons[wi]
                 for start in window_starts(ts, size, step):
                     if start + size <= h:
-                        if revise_from is not None and self.plan.window_revise[wi] and start + size > revise_from:
+                        if revise_from is not None and feeds_measures and self.plan.window_revise[wi] and start + size > revise_from:
                             self._revise(src, off, wi, start, groups, contribution[0], +1)
                         else:
                             is_late = is_late or counts_late

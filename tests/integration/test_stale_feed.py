@@ -107,7 +107,7 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
             assert held["kpis"]["cpc"] == pytest.approx(0.4)
         for h in (3, 4):
             assert final_or_held(seen, h)["kpis"]["roas"] == pytest.approx(250 / 148), h
-        # The 14:00 report came after its hour was published: late (revisions are not built yet).
+        # The 14:00 report came after its hour was published: late (this feed declares no revise_for).
         assert truth.count(kafka_bootstrap, f"{prefix}-late-events") == 1
         # One stale-feed thread, opened and resolved once; the ROAS incident opened once and was
         # never resolved by an hour without its spend.
