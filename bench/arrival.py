@@ -178,9 +178,9 @@ def main() -> None:
     if args.only == "revisions":
         print(json.dumps({"revision_state": revisions}))
         return
-    log(f"arrival: waiting state, {args.campaigns:,} campaigns, {args.hours} h of event time")
     out: dict[str, Any] = {"revision_state": revisions}
     if args.only != "throughput":
+        log(f"arrival: waiting state, {args.campaigns:,} campaigns, {args.hours} h of event time")
         out["waiting_state"] = waiting_state(Plan(config), args.campaigns, args.hours)
     log(f"arrival: throughput with and without the arrival profiles, {args.events:,} events")
     without = config.model_copy(update={"arrival": {}, "settle_windows": None})
