@@ -54,6 +54,13 @@ def _settled(snap: dict[str, Any], delayed: frozenset[str]) -> dict[str, Any]:
     return {"measures": measures, "kpis": snap["kpis"]}
 
 
+def _in_time_only(snap: dict[str, Any], delayed: frozenset[str]) -> bool:
+    """A group made only of delayed events in a window that does not wait for them (30s): whether it
+    exists depends on whether its late events were read before the window closed, which live (topics
+    read side by side; delayed sources do not hold the watermark) is a race by design."""
+    return snap["window"] == "30s" and not any(v for k, v in snap["measures"].items() if k not in delayed)
+
+
 def _approx(snap: dict[str, Any]) -> dict[str, Any]:
     # Sums are added in a different order across partitions, so the last bits may differ.
     return {part: {k: (None if v is None else pytest.approx(v, rel=1e-9, abs=1e-12)) for k, v in snap[part].items()} for part in ("measures", "kpis")}
@@ -88,13 +95,15 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path, arri
         [sys.executable, "-m", "kpimon.cli", "replay", str(ordered), "--config", str(config_path)],
         capture_output=True, cwd=ROOT, check=True,
     )
-    expected = [orjson.loads(line)["snapshot"] for line in replay.stdout.splitlines() if line.startswith(b'{"snapshot"')]
-    assert len(expected) > 100
     delayed = Plan(config_mod.from_dict(config)).delayed_measures
+    expected = [s for s in (orjson.loads(line)["snapshot"] for line in replay.stdout.splitlines() if line.startswith(b'{"snapshot"'))
+                if arrival == "in time order" or not _in_time_only(s, delayed)]
+    assert len(expected) > 100
     if arrival == "shuffled":  # replay of the shuffled file gives the same too
         again = subprocess.run([sys.executable, "-m", "kpimon.cli", "replay", str(events), "--config", str(config_path)],
                                capture_output=True, cwd=ROOT, check=True)
-        shuffled = {_key(x): x for x in (orjson.loads(line)["snapshot"] for line in again.stdout.splitlines() if line.startswith(b'{"snapshot"'))}
+        shuffled = {_key(x): x for x in (orjson.loads(line)["snapshot"] for line in again.stdout.splitlines() if line.startswith(b'{"snapshot"'))
+                    if not _in_time_only(x, delayed)}
         assert sorted(shuffled) == sorted(_key(x) for x in expected)
         for snap in expected:
             assert _settled(shuffled[_key(snap)], delayed) == _approx(_settled(snap, delayed))
@@ -110,7 +119,7 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path, arri
         )
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + 120
-        while len(got) < len(expected) and time.monotonic() < deadline:
+        while sum(arrival == "in time order" or not _in_time_only(s, delayed) for s in got) < len(expected) and time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
                 got.extend(orjson.loads(r.value) for r in batch)
         time.sleep(2)
@@ -120,6 +129,9 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path, arri
         on_metrics = worker.samples("kpimon_kpi_value")
     finally:
         worker.stop()
+    published = got  # everything live published: what /metrics shows
+    if arrival == "shuffled":
+        got = [s for s in got if not _in_time_only(s, delayed)]
     assert len(got) == len(expected), f"live gave {len(got)} snapshots, replay {len(expected)}"
     live = {_key(x): x for x in got}
     assert len(live) == len(got)  # no window published twice
@@ -131,7 +143,7 @@ def test_live_worker_and_replay_agree(kafka_bootstrap: str, tmp_path: Path, arri
 
     # /metrics holds each group's last closed window: check it against those snapshots.
     latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for snap in got:
+    for snap in published:
         k = (snap["window"], snap["breakdown"], orjson.dumps(snap["group"]).decode())
         for kpi, value in snap["kpis"].items():
             if snap["start"] >= latest.get((*k, kpi), {"start": ""})["start"]:
