@@ -286,15 +286,7 @@ class Plan:
 
     def measures(self, vector: Vector, phase: str) -> dict[str, float]:
         """Named measures final in this phase (session measures only once sessions are final)."""
-        phase = base_phase(phase)
-        out: dict[str, float] = {}
-        for i, name in enumerate(self.slot_names):
-            out[name] = vector[i].estimate() if i in self.distinct_slots else vector[i]
-        for name, parts in self.derived.items():
-            out[name] = sum(out[p] for p in parts)
-        if phase != SESSIONS:
-            out = {n: v for n, v in out.items() if n not in self.session_measures}
-        return {n: out[n] for n in self.config.measures if n in out}
+        return self._named([x.estimate() if i in self.distinct_slots else x for i, x in enumerate(vector)], phase)
 
     def slot_values(self, measures: dict[str, float]) -> list[float]:
         """A published window's stored slots (what ``revised_measures`` starts from)."""
@@ -306,6 +298,10 @@ class Plan:
         values = list(slots)
         for i, x in zip(self.revisable_slots, revised):
             values[i] = x
+        return self._named(values, phase)
+
+    def _named(self, values: list[float], phase: str) -> dict[str, float]:
+        """Slot values as named measures, derived ones added, in config order, for this phase."""
         out = dict(zip(self.slot_names, values))
         for name, parts in self.derived.items():
             out[name] = sum(out[p] for p in parts)
