@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import zlib
 from collections import defaultdict
@@ -46,6 +47,7 @@ from streams.router import Router, partition_of
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
 from streams.silences import SilenceWatcher
+from streams.watchdog import Action, RecoveryWatchdog
 
 log = logging.getLogger("kpimon.worker")
 # Faust warns each time its table-write buffer passes 100 messages; with batched state
@@ -125,6 +127,7 @@ class Pipeline:
                      for t in (settings.events_topic, settings.partials_topic, cfg.topics.alerts)}
         self.router = Router(plan, settings, metrics, security, self._send_bundle, self._dead_letter)
         self.kafka_up = True
+        self.watchdog = RecoveryWatchdog()
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
 
@@ -134,6 +137,7 @@ class Pipeline:
         app.agent(self.alerts_topic, name="deliver")(self._deliver)
         app.timer(1.0, name="close-idle-windows")(self._tick)
         app.timer(2.0, name="kafka-watch")(self._watch_kafka)
+        app.timer(2.0, name="recovery-watchdog")(self._watch_recovery)
         app.task(self._start_web)
         app.task(self._start_silences)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -440,6 +444,24 @@ class Pipeline:
             else:
                 log.error("Kafka connection lost (%s unreachable): state and offsets are safe; retrying until it is back", self.settings.bootstrap)
             self.kafka_up = reachable
+
+    async def _watch_recovery(self) -> None:
+        """Get a stalled Faust recovery moving (streams/watchdog.py says why and how)."""
+        recovery = self.app.tables.recovery
+        remaining = sum(n for n in recovery.active_remaining().values() if n > 0)
+        action = self.watchdog.observe(time.monotonic(), recovery.in_recovery, remaining)
+        if action is Action.REJOIN:
+            log.warning("table recovery has read nothing for %.0fs with %d changelog records left: asking the "
+                        "group to rebalance (try %d of %d)", self.watchdog.stall_after, remaining,
+                        self.watchdog.rejoins, self.watchdog.max_rejoins)
+            thread = self.app.consumer._thread  # Faust exposes no rejoin; the coordinator lives on its thread
+            coordinator = thread._ensure_consumer()._coordinator
+            thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
+        elif action is Action.EXIT:
+            log.critical("table recovery still stalled after %d rebalances: exiting so the supervisor restarts "
+                         "this worker (its state survives that, as it survives kill -9)", self.watchdog.max_rejoins)
+            logging.shutdown()
+            os._exit(75)  # EX_TEMPFAIL; Faust's own shutdown would wait on the stalled recovery
 
     def _export_lag(self) -> None:
         consumer = self.app.consumer
