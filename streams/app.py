@@ -24,26 +24,22 @@ import asyncio
 import logging
 import os
 import time
-import zlib
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 import orjson
 
 from alerts import AlertDeliveryError, Delivery, DeliveryState
-from kpi_core.aggregate import PartitionAggregator
-from kpi_core.alerting import AlertEngine
-from kpi_core.combine import Combiner
 from kpi_core.errors import InvalidEvent
 from kpi_core.plan import Plan
-from kpi_core.state import Change
 from kpi_core.incidents import AlertEvent
-from streams import web, wire
+from kpi_core.steps import ALERTS, LATE, PARTIALS, SNAPSHOTS, Send, Stage1, Stage2
+from streams import runner, web
 from streams.metrics import Metrics
 from streams.ordered import GapReader, sequence
-from streams.router import Router, partition_of
+from streams.router import Router
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
 from streams.silences import SilenceWatcher
@@ -117,9 +113,10 @@ class Pipeline:
         # so an upgraded worker keeps its incidents and thread sequence numbers.
         self.legacy_incidents = self._table("incidents")
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
-        self.stage1: dict[int, PartitionAggregator] = {}
-        self.stage2: dict[int, Combiner] = {}
-        self.engines: dict[int, AlertEngine] = {}
+        self.stage1: dict[int, Stage1] = {}
+        self.stage2: dict[int, Stage2] = {}
+        self.topics = {LATE: self.late_topic, PARTIALS: self.partials_topic, SNAPSHOTS: self.snapshot_topic,
+                       ALERTS: self.alerts_topic}
         # The next input offset each stage has applied, per (topic, partition); stored
         # after the stage's state (streams/ordered.py). None: stored before positions existed.
         self.positions: dict[tuple[str, int], int | None] = {}
@@ -174,12 +171,12 @@ class Pipeline:
 
     # -- 2. aggregate ----------------------------------------------------------
 
-    def _stage1(self, p: int) -> PartitionAggregator:
-        agg = self.stage1.get(p)
-        if agg is None:
-            agg = self.stage1[p] = PartitionAggregator(self.plan, idle_ms=self.plan.config.idle_timeout)
-            self.positions[(self.settings.events_topic, p)] = _restore(self.stage1_table, p, {"": agg.load})
-        return agg
+    def _stage1(self, p: int) -> Stage1:
+        stage = self.stage1.get(p)
+        if stage is None:
+            stage = self.stage1[p] = Stage1(self.plan, p, self.partitions)
+            self.positions[(self.settings.events_topic, p)] = runner.restore(self.stage1_table, p, {"": stage.load})
+        return stage
 
     async def _in_order(self, topic: str, p: int, delivered: list[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
         """What to apply for messages Faust delivered, in chunks: repeats dropped, skipped ones read back.
@@ -207,7 +204,6 @@ class Pipeline:
             self.stage1.pop(p, None)
         elif topic == self.settings.partials_topic:
             self.stage2.pop(p, None)
-            self.engines.pop(p, None)
 
     async def _aggregate(self, stream: Any) -> None:
         # Several router bundles per step: state is written once per dirty cell per step,
@@ -228,76 +224,39 @@ class Pipeline:
 
     async def _stage1_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
         topic = self.settings.events_topic
-        agg = self._stage1(p)
+        stage = self._stage1(p)
         now = time.time() * 1000
-        late: list[Any] = []
         applied = False
         async for chunk in self._in_order(topic, p, delivered):
             applied = True
             for _, raw in chunk:
-                watermarks, backlog, sent_at, events = wire.decode_events(raw)
-                late += agg.apply(events)
-                agg.report(watermarks, backlog, now, sent_at)
-        if not applied:
-            return  # all applied before: a redelivery
-        for outcome, n in agg.restatements.items():
-            if n:
-                self.metrics.restated.labels(outcome).inc(n)
-                agg.restatements[outcome] = 0
-        # Late records go out before the state that marks them applied
-        # (a crash in between reports them again rather than never).
-        for src, off, etype, ts, data in late:
-            self.metrics.late.inc()
-            await self.late_topic.send(value=orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off}))
-        if await self._close_stage1(p, agg, now):
-            _persist_position(self.stage1_table, p, self.positions[(topic, p)])
+                stage.absorb(raw, now)
+        if applied:  # else all applied before: a redelivery
+            await self._close_stage1(p, stage, now, self.positions[(topic, p)])
 
-    async def _close_stage1(self, p: int, agg: PartitionAggregator, now: float) -> bool:
-        """Close what the watermark allows; False if the partition was revoked meanwhile (nothing stored)."""
-        partials = agg.advance(now)
-        if partials is not None:
-            by_target: dict[int, list[Any]] = defaultdict(list)
-            for part in partials:
-                by_target[self._combine_partition(part.breakdown, part.group)].append(part)
-            # Deliver the partials before storing the new horizon: after a crash the
-            # old horizon makes us send them again, and stage 2 drops the repeat.
-            # The input position orders this partition's revisions at stage 2 (a replay never steps back).
-            at = self.positions.get((self.settings.events_topic, p)) or 0
-            futures = [
-                await self.partials_topic.send(value=wire.encode_partials(self.plan, p, agg.report_horizons(), by_target.get(i, []), at), partition=i)
-                for i in range(self.partitions)
-            ]
-            await asyncio.gather(*futures)
-        if self.stage1.get(p) is not agg:
-            return False  # revoked while the partials were sent: the new owner writes this partition now
-        _persist(self.stage1_table, p, agg.changes())
-        wm = agg.watermark.current(now)
-        self.metrics.record_watermark(p, wm, agg.watermark.holders(now, wm))
-        return True
+    async def _close_stage1(self, p: int, stage: Stage1, now: float, position: int | None = None) -> None:
+        """Close what the watermark allows; with ``position``, store it after the state."""
+        at = self.positions.get((self.settings.events_topic, p)) or 0
+        fx = stage.close(now, position, at)
+        # Revoked while the records were sent: the new owner writes this partition now.
+        if await runner.run(fx, self._send, self.stage1_table, p, owns=lambda: self.stage1.get(p) is stage):
+            self.metrics.record_effects(fx, p)
 
-    def _combine_partition(self, breakdown: int, group: tuple[str, ...]) -> int:
-        # Every breakdown that includes the campaign lands with the campaign, so a
-        # campaign's alert can name the channel or device behind it from local state.
-        dims = self.plan.breakdowns[breakdown]
-        if "campaign" in dims:
-            return partition_of(group[dims.index("campaign")], self.partitions)
-        return zlib.crc32(orjson.dumps((breakdown, *group))) % self.partitions
+    async def _send(self, record: Send) -> Any:
+        return await self.topics[record.topic].send(key=record.key, value=record.value, partition=record.partition)
 
     # -- 3. combine ------------------------------------------------------------
 
-    def _stage2(self, p: int) -> tuple[Combiner, AlertEngine]:
-        comb = self.stage2.get(p)
-        if comb is None:
-            comb = self.stage2[p] = Combiner(self.plan, sources=self.partitions)
-            engine = self.engines[p] = AlertEngine(self.plan)
-            _restore(self.legacy_incidents, p, {"": engine.load})
-            # "" : combiner keys stored before the namespaces existed.
-            self.positions[(self.settings.partials_topic, p)] = _restore(
-                self.stage2_table, p, {"c": comb.load, "a": engine.load, "": comb.load})
-            for (kpi, wi, bi, group), _ in engine.firing().items():
+    def _stage2(self, p: int) -> Stage2:
+        stage = self.stage2.get(p)
+        if stage is None:
+            stage = self.stage2[p] = Stage2(self.plan, p, sources=self.partitions)
+            runner.restore(self.legacy_incidents, p, {"": stage.engine.load})
+            self.positions[(self.settings.partials_topic, p)] = runner.restore(self.stage2_table, p, stage.loaders())
+            for (kpi, wi, bi, group), _ in stage.engine.firing().items():
                 dims = self.plan.breakdowns[bi]
                 self.metrics.kpis.set_firing(kpi, self.plan.windows[wi].name, dims, dict(zip(dims, group)))
-        return comb, self.engines[p]
+        return stage
 
     async def _combine(self, stream: Any) -> None:
         topic = self.settings.partials_topic
@@ -311,37 +270,16 @@ class Pipeline:
 
     async def _stage2_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
         topic = self.settings.partials_topic
-        comb, engine = self._stage2(p)
+        stage = self._stage2(p)
         applied = False
         async for chunk in self._in_order(topic, p, delivered):
             applied = True
             for _, raw in chunk:
-                source, horizon, partials, at = wire.decode_partials(self.plan, raw)
-                comb.receive(source, horizon, partials, at)
-                for closed in comb.finalize_windows():
-                    for snap in closed.snapshots:
-                        await self.snapshot_topic.send(key=snap.key.encode(), value=orjson.dumps(snap.to_json()))
-                        self.metrics.record_snapshot(snap, p)
-                    for alert in engine.judge(closed):
-                        await self._to_outbox(alert)
-                if p == 0:  # every partition sees the same progress: one judges the feeds
-                    for alert in engine.check_feeds(*comb.reported()):
-                        await self._to_outbox(alert)
-        if not applied:
-            return  # all applied before: a redelivery
-        # Stored after the outbox write: a crash in between re-evaluates to the same
-        # events (same sequence numbers), which delivery then skips as duplicates. The
-        # engine's state goes first: if a crash cuts the step after it, the window is
-        # finalized again and the engine, which remembers it evaluated it, skips it.
-        _persist(self.stage2_table, p, engine.changes(), "a")
-        _persist(self.stage2_table, p, comb.changes(), "c")
-        _persist_position(self.stage2_table, p, self.positions[(topic, p)])
-
-    async def _to_outbox(self, alert: AlertEvent) -> None:
-        # The outbox: an alert is on Kafka before anyone tries to deliver it.
-        fut = await self.alerts_topic.send(key=alert.thread.encode(), value=orjson.dumps(alert.to_json()))
-        await fut
-        self.metrics.record_alert(alert)
+                stage.absorb(raw)
+        if applied:  # else all applied before: a redelivery
+            fx = stage.finish(self.positions[(topic, p)])
+            await runner.run(fx, self._send, self.stage2_table, p)
+            self.metrics.record_effects(fx, p)
 
     # -- 4. deliver ------------------------------------------------------------
 
@@ -490,7 +428,6 @@ class Pipeline:
                 self.metrics.forget_watermark(tp.partition)
             elif tp.topic == self.settings.partials_topic:
                 self.stage2.pop(tp.partition, None)
-                self.engines.pop(tp.partition, None)
                 self.metrics.kpis.forget(tp.partition)
         # Whatever those steps wrote is on Kafka before the new owner reads the changelog.
         await self.app.producer.flush()
@@ -510,48 +447,3 @@ class Pipeline:
         recovered = self.app.tables.recovery.completed.is_set()
         ready = bool(assigned) and recovered and not self.app.rebalancing
         return {"status": "ok", "ready": ready, "partitions": assigned}
-
-
-POSITION = "position"  # the key, after "<partition>|", of a stage's input position
-
-
-def _restore(table: faust.Table, partition: int, loaders: dict[str, Callable[[str, Any], None]]) -> int | None:
-    """Load one partition's entries, each by the loader of its namespace; return the stored input position.
-
-    Fresh state starts at offset 0, and says so in the table at once: state found
-    without a position can then only be state stored before positions existed
-    (None: no gap check), never a first step killed before its position was written.
-    """
-    prefix = f"{partition}|".encode()
-    position: int | None = None
-    found = False
-    for key, value in list(table.items()):
-        if key.startswith(prefix):
-            found = True
-            rest = key[len(prefix) :].decode()
-            if rest == POSITION:
-                position = orjson.loads(value)
-                continue
-            ns = "" if rest.startswith("[") else rest[0]  # stage keys are JSON arrays
-            loaders[ns](rest[len(ns) :], orjson.loads(value))
-    if not found:
-        _persist_position(table, partition, 0)  # ahead of any state, in the same changelog partition
-        return 0
-    return position
-
-
-def _persist(table: faust.Table, partition: int, changes: list[Change], ns: str = "") -> None:
-    """Write a stage's changes in order; the order is what makes recovery consistent."""
-    prefix = f"{partition}|{ns}"
-    for key, value in changes:
-        k = (prefix + key).encode()
-        if value is not None:
-            table[k] = orjson.dumps(value)
-        elif k in table:
-            del table[k]
-
-
-def _persist_position(table: faust.Table, partition: int, position: int | None) -> None:
-    """Written last in a step: when it is stored, the state it vouches for is stored too."""
-    if position is not None:
-        table[f"{partition}|{POSITION}".encode()] = orjson.dumps(position)

@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from kpi_core.plan import SESSIONS, Plan
 from kpi_core.results import Snapshot, breakdown_name
 from kpi_core.incidents import AlertEvent
+from kpi_core.steps import Effects
 
 LabelValues = tuple[str, ...]
 
@@ -195,6 +196,19 @@ class Metrics:
             self.watermark.remove(str(partition))
         except KeyError:
             pass
+
+    def record_effects(self, fx: Effects, partition: int) -> None:
+        """What a stage step made happen (kpi_core/steps.py), once the runner has done it."""
+        if fx.late:
+            self.late.inc(fx.late)
+        for outcome, n in fx.restated.items():
+            self.restated.labels(outcome).inc(n)
+        for snap in fx.snapshots:
+            self.record_snapshot(snap, partition)
+        for alert in fx.alerts:
+            self.record_alert(alert)
+        if fx.watermark is not None:
+            self.record_watermark(partition, *fx.watermark)
 
     def record_snapshot(self, snap: Snapshot, owner: int) -> None:
         self.kpis.update(snap, owner)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,8 +28,9 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import decode, marker
+from kpi_core import wire
 from kpi_core.plan import Plan
-from streams import wire
+from kpi_core.routing import partition_of
 from streams.metrics import Metrics
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
@@ -43,11 +43,6 @@ SendBundle = Callable[[int, bytes], Awaitable[Awaitable[Any]]]
 SendDeadLetter = Callable[[Any, InvalidEvent], Awaitable[Awaitable[Any]]]
 
 HEARTBEAT_S = 0.5  # how often a quiet router still reports progress to stage 1
-
-
-def partition_of(campaign: str, partitions: int) -> int:
-    """The worker's own grouping key: a stable hash of the campaign."""
-    return zlib.crc32(campaign.encode()) % partitions
 
 
 class Router:

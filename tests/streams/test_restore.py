@@ -1,4 +1,4 @@
-"""How a stage's table entries are read back after a restart (streams/app.py ``_restore``).
+"""How a stage's table entries are read back after a restart (streams/runner.py ``restore``).
 
 A Faust table is a mapping of bytes to bytes; a dict stands in for its recovered contents.
 """
@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from streams.app import _persist, _persist_position, _restore
+from streams.runner import persist as _persist, persist_position as _persist_position, restore as _restore
 
 
 def loaded() -> tuple[dict[str, Any], dict]:
