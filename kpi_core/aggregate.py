@@ -192,8 +192,8 @@ class PartitionAggregator:
                         v = cell.v
                         for i, amount in contribution[0]:
                             v[i] += amount
-                        for i, idx, rank in contribution[1]:
-                            v[i].set_register(idx, rank)
+                        for i, value in contribution[1]:
+                            v[i].add(value)
                         cell.m[src] = off
                         dirty.add(("c", wi, start, g[0], g[1]))
             for cell in taken:

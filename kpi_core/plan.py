@@ -35,9 +35,9 @@ def is_complete(phase: str) -> bool:
     return phase.endswith(COMPLETE)
 
 Predicate = Callable[[dict[str, Any]], bool]
-Vector = list[Any]  # float or sketch.Sketch (HLL registers) per slot
+Vector = list[Any]  # float or sketch.Sketch (an HLL sketch) per slot
 #: One event's share of a vector: (slot, amount) sums and (slot, register, rank) sketch updates.
-Contribution = tuple[list[tuple[int, float]], list[tuple[int, int, int]]]
+Contribution = tuple[list[tuple[int, float]], list[tuple[int, str]]]  # (slot, amount) sums, (slot, value) distincts
 
 
 def _predicate(attr: str, f: Filter) -> Predicate:
@@ -225,10 +225,10 @@ class Plan:
         """What one event adds to any vector, or None if it feeds no measure.
 
         Computed once per event and added to each of its cells (one per window and
-        breakdown), so filters, amounts and the visitor hash are not redone per cell.
+        breakdown), so filters and amounts are not redone per cell.
         """
         sums: list[tuple[int, float]] = []
-        registers: list[tuple[int, int, int]] = []
+        distinct: list[tuple[int, str]] = []
         for feed in self.feeds.get(event_type, ()):
             if feed.filters and not all(p(data) for p in feed.filters):
                 continue
@@ -236,18 +236,18 @@ class Plan:
                 value = data.get(feed.field or "")
                 if value is None:
                     continue
-                registers.append((feed.index, *sketch.register(str(value))))
+                distinct.append((feed.index, str(value)))
             else:
                 sums.append((feed.index, 1.0 if feed.field is None else float(data[feed.field])))
-        return (sums, registers) if sums or registers else None
+        return (sums, distinct) if sums or distinct else None
 
     @staticmethod
     def add_contribution(vector: Vector, contribution: Contribution) -> None:
-        sums, registers = contribution
+        sums, distinct = contribution
         for i, amount in sums:
             vector[i] += amount
-        for i, idx, rank in registers:
-            vector[i].set_register(idx, rank)
+        for i, value in distinct:
+            vector[i].add(value)
 
     def merge(self, into: Vector, other: Vector) -> None:
         for i, x in enumerate(other):
