@@ -31,7 +31,8 @@ from typing import Any
 import faust
 import orjson
 
-from alerts import AlertDeliveryError, Delivery, DeliveryState
+from alerts import Delivery
+from alerts.outbox import Outbox
 from kpi_core.errors import InvalidEvent
 from kpi_core.plan import Plan
 from kpi_core.incidents import AlertEvent
@@ -113,6 +114,9 @@ class Pipeline:
         # so an upgraded worker keeps its incidents and thread sequence numbers.
         self.legacy_incidents = self._table("incidents")
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
+        # The in-doubt mark is durable (the producer flushed) before Slack is called.
+        self.outbox = Outbox(delivery, self.delivery_table, lambda: self.app.producer.flush(), silences=silences,
+                             count=lambda outcome: self.metrics.alerts.labels(outcome).inc())
         self.stage1: dict[int, Stage1] = {}
         self.stage2: dict[int, Stage2] = {}
         self.topics = {LATE: self.late_topic, PARTIALS: self.partials_topic, SNAPSHOTS: self.snapshot_topic,
@@ -300,51 +304,11 @@ class Pipeline:
             try:
                 async for chunk in self._in_order(topic, p, [(event.message.offset, event.message.value)]):
                     for _, value in chunk:
-                        await self._deliver_one(AlertEvent.from_json(orjson.loads(value)))
+                        await self.outbox.handle(AlertEvent.from_json(orjson.loads(value)))
             except BaseException:
                 self._forget(topic, p)
                 raise
             self.delivery_table[key] = orjson.dumps(self.positions[(topic, p)])
-
-    async def _deliver_one(self, alert: AlertEvent) -> None:
-        raw = self.delivery_table.get(alert.thread)
-        state = DeliveryState.from_json(orjson.loads(raw)) if raw else None
-        if state is not None and state.delivered_seq >= alert.seq:
-            self.metrics.alerts.labels("duplicate").inc()
-            return
-        if self._silenced(alert):
-            self.metrics.alerts.labels("silenced").inc()
-            state = self.delivery.skip(alert, state)
-        else:
-            state = self.delivery.begin(alert, state)
-            self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
-            await self.app.producer.flush()  # the in-doubt marker is durable before Slack is called
-            state = await self._deliver_with_retries(alert, state)
-        self.delivery_table[alert.thread] = orjson.dumps(state.to_json())
-
-    async def _deliver_with_retries(self, alert: AlertEvent, state: DeliveryState) -> DeliveryState:
-        delay = 1.0
-        while True:
-            try:
-                state = await self.delivery.deliver(alert, state)
-                self.metrics.alerts.labels("delivered").inc()
-                return state
-            except AlertDeliveryError as exc:
-                if not exc.retryable:
-                    self.metrics.alerts.labels("failed").inc()
-                    log.error("alert %s not delivered, giving up: %s", alert.id, exc)
-                    return self.delivery.skip(alert, state)
-                self.metrics.alerts.labels("retried").inc()
-                log.warning("alert %s not delivered yet (%s); retrying in %.0fs", alert.id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-
-    def _silenced(self, alert: AlertEvent) -> bool:
-        """True when every KPI of the alert is silenced right now (wall clock: silences are for people)."""
-        if self.silences is None or alert.kind == "resolved":
-            return False
-        now = int(time.time() * 1000)
-        return all(self.silences.is_silenced(alert.group, f.kpi, now) for f in alert.findings)
 
     # -- timer, web, rebalance -------------------------------------------------
 
