@@ -1,28 +1,28 @@
-"""The Faust application: topics, agents, tables, the close timer and the metrics endpoint.
+"""The worker's wiring: Faust topics, tables, agents and timers around kpi_core's stages.
 
-A router and three agents, each thin; the rules are in ``kpi_core``:
+A router and three agents, each thin; the rules are in ``kpi_core`` and ``alerts``:
 
 1. the router (``streams/router.py``, a plain aiokafka consumer: Faust's per-record
    path costs ~70x more) reads the source topics in batches, validates each event
    (bad ones go to the dead-letter topic with a reason) and forwards the valid
-   ones, grouped by its own key (campaign), to ``<app>-events`` — one message per
-   target partition per batch, carrying every source partition's progress.
-2. ``aggregate`` keeps one ``PartitionAggregator`` per ``<app>-events``
-   partition, stores its state in a changelog-backed table, and sends the
-   partials of closed windows to ``<app>-partials``.
-3. ``combine`` adds the partials up per group, publishes snapshots, updates
-   the Prometheus gauges and sends alerts.
+   ones, grouped by campaign (``kpi_core/routing.py``), to ``<app>-events``.
+2. ``aggregate`` feeds each ``<app>-events`` partition's messages, in offset order
+   (``streams/ordered.py``), to its ``kpi_core.steps.Stage1``; what the step returns
+   (late records, partials for ``<app>-partials``, state) is done by ``streams/runner.py``.
+3. ``combine`` does the same with ``Stage2``: snapshots, outbox records on the
+   alerts topic, state; then the Prometheus gauges are updated.
+4. ``deliver`` takes outbox records through ``alerts/outbox.py`` to Slack.
 
-Faust's windowed tables are not used: their expiry runs on the wall clock, and
-windows recovered from the changelog never expire. Window assignment and closing
-live in ``kpi_core``; the tables here are plain key/value changelogs.
+``streams/ops.py`` watches the worker itself (Kafka reachability, a stalled recovery, lag,
+``/health``). Faust's windowed tables are not used: their expiry runs on the wall clock, and
+windows recovered from the changelog never expire. Window assignment and closing live in
+``kpi_core``; the tables here are plain key/value changelogs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -37,6 +37,7 @@ from kpi_core.errors import InvalidEvent
 from kpi_core.plan import Plan
 from kpi_core.incidents import AlertEvent
 from kpi_core.steps import ALERTS, LATE, PARTIALS, SNAPSHOTS, Send, Stage1, Stage2
+from kpi_core import wire
 from streams import runner, web
 from streams.metrics import Metrics
 from streams.ordered import GapReader, sequence
@@ -44,7 +45,7 @@ from streams.router import Router
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
 from streams.silences import SilenceWatcher
-from streams.watchdog import Action, RecoveryWatchdog
+from streams.ops import Ops
 
 log = logging.getLogger("kpimon.worker")
 # Faust warns each time its table-write buffer passes 100 messages; with batched state
@@ -127,8 +128,7 @@ class Pipeline:
         self.gaps = {t: GapReader(t, settings.bootstrap, security)
                      for t in (settings.events_topic, settings.partials_topic, cfg.topics.alerts)}
         self.router = Router(plan, settings, metrics, security, self._send_bundle, self._dead_letter)
-        self.kafka_up = True
-        self.watchdog = RecoveryWatchdog()
+        self.ops = Ops(app, settings, metrics)
         self.locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.runner: Any = None
 
@@ -137,8 +137,8 @@ class Pipeline:
         app.agent(self.partials_topic, name="combine")(self._combine)
         app.agent(self.alerts_topic, name="deliver")(self._deliver)
         app.timer(1.0, name="close-idle-windows")(self._tick)
-        app.timer(2.0, name="kafka-watch")(self._watch_kafka)
-        app.timer(2.0, name="recovery-watchdog")(self._watch_recovery)
+        app.timer(2.0, name="kafka-watch")(self.ops.watch_kafka)
+        app.timer(2.0, name="recovery-watchdog")(self.ops.watch_recovery)
         app.task(self._start_web)
         app.task(self._start_silences)
         app.on_partitions_revoked.connect(self._on_revoked)
@@ -163,15 +163,9 @@ class Pipeline:
         await self.router.run()
 
     async def _dead_letter(self, msg: Any, exc: InvalidEvent) -> Any:
-        headers = [
-            ("kpimon-reason", exc.reason.encode()),
-            ("kpimon-detail", exc.detail.encode("utf-8", "replace")),
-            ("kpimon-source-topic", msg.topic.encode()),
-            ("kpimon-source-partition", str(msg.partition).encode()),
-            ("kpimon-source-offset", str(msg.offset).encode()),
-        ]
         # A tombstone stays a tombstone (null value), so the dead letter is the input as it was.
-        return await self.dead_letters.send(key=msg.key, value=msg.value, headers=headers)
+        return await self.dead_letters.send(key=msg.key, value=msg.value,
+                                            headers=wire.dead_letter_headers(exc, msg.topic, msg.partition, msg.offset))
 
     # -- 2. aggregate ----------------------------------------------------------
 
@@ -316,7 +310,7 @@ class Pipeline:
         """Close windows of partitions whose sources have gone quiet (wall-clock idle timeout)."""
         if self.app.rebalancing or not self.app.tables.recovery.completed.is_set():
             return
-        self._export_lag()
+        self.ops.export_lag()
         now = time.time() * 1000
         for tp in list(self.app.assignor.assigned_actives()):
             if tp.topic != self.settings.events_topic:
@@ -327,56 +321,6 @@ class Pipeline:
                 if self.app.rebalancing or tp not in self.app.assignor.assigned_actives():
                     continue
                 await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
-
-    async def _watch_kafka(self) -> None:
-        """Say plainly when the brokers go away and come back (the clients only retry quietly)."""
-        reachable = False
-        for hostport in self.settings.bootstrap.split(","):
-            host, _, port = hostport.rpartition(":")
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout=1.0)
-                writer.close()
-                reachable = True
-                break
-            except (OSError, asyncio.TimeoutError, ValueError):
-                continue
-        if reachable != self.kafka_up:
-            if reachable:
-                log.warning("Kafka connection restored (%s): resuming; nothing was lost, uncommitted input is re-read", self.settings.bootstrap)
-            else:
-                log.error("Kafka connection lost (%s unreachable): state and offsets are safe; retrying until it is back", self.settings.bootstrap)
-            self.kafka_up = reachable
-
-    async def _watch_recovery(self) -> None:
-        """Get a stalled Faust recovery moving (streams/watchdog.py says why and how)."""
-        recovery = self.app.tables.recovery
-        remaining = sum(n for n in recovery.active_remaining().values() if n > 0)
-        action = self.watchdog.observe(time.monotonic(), recovery.in_recovery, remaining)
-        if action is Action.REJOIN:
-            log.warning("table recovery has read nothing for %.0fs with %d changelog records left: asking the "
-                        "group to rebalance (try %d of %d)", self.watchdog.stall_after, remaining,
-                        self.watchdog.rejoins, self.watchdog.max_rejoins)
-            thread = self.app.consumer._thread  # Faust exposes no rejoin; the coordinator lives on its thread
-            coordinator = thread._ensure_consumer()._coordinator
-            thread.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
-        elif action is Action.EXIT:
-            log.critical("table recovery still stalled after %d rebalances: exiting so the supervisor restarts "
-                         "this worker (its state survives that, as it survives kill -9)", self.watchdog.max_rejoins)
-            logging.shutdown()
-            os._exit(75)  # EX_TEMPFAIL; Faust's own shutdown would wait on the stalled recovery
-
-    def _export_lag(self) -> None:
-        consumer = self.app.consumer
-        committed = consumer._committed_offset  # Faust keeps no public accessor for it
-        for tp in self.app.assignor.assigned_actives():
-            try:
-                end = consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - not fetched from yet, or moving in a rebalance
-                continue
-            if end is not None:
-                done = committed.get(tp)
-                # Faust stores the last processed offset; the next to read is one more.
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, end - (done + 1 if done is not None else 0)))
 
     async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         # Revoked partitions' state moves with them; reload from the table if they return.
@@ -402,12 +346,5 @@ class Pipeline:
 
     async def _start_web(self) -> None:
         host, port = self.settings.metrics_host or self.plan.config.metrics_host, self.settings.metrics_port or self.plan.config.metrics_port
-        self.runner = await web.serve(web.make_web_app(self.metrics.registry, self.health), host=host, port=port)
+        self.runner = await web.serve(web.make_web_app(self.metrics.registry, self.ops.health), host=host, port=port)
         log.info("metrics at http://%s:%d/metrics", "localhost" if host in ("0.0.0.0", "::") else host, port)
-
-    def health(self) -> dict[str, object]:
-        """Liveness plus readiness: ready once state is recovered and partitions are assigned."""
-        assigned = sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.events_topic)
-        recovered = self.app.tables.recovery.completed.is_set()
-        ready = bool(assigned) and recovered and not self.app.rebalancing
-        return {"status": "ok", "ready": ready, "partitions": assigned}
