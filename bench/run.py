@@ -23,7 +23,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -130,14 +130,19 @@ def phase_throughput(ctx: Ctx, results: dict[str, Any]) -> None:
     res["preload"] = preload(ctx)
     n = res["preload"]["events"]
 
-    log(f"== ceiling: plain aiokafka consumer + orjson.loads over all {n:,} events")
-    res["ceiling"] = run_json(
-        [PY, str(BENCH_DIR / "ceiling.py"), "--bootstrap", ctx.bootstrap, "--group", f"{ctx.prefix}-ceiling",
-         "--expect", str(n), "--timeout", str(60 + n / 5_000), *source_topics(ctx.src)],
-        timeout=120 + n / 5_000, what="ceiling consumer",
-    )
-    log(f"ceiling: {res['ceiling']['rate_from_first']:,} events/s from the first message "
-        f"({res['ceiling']['rate_from_start']:,}/s from start)")
+    # Two raw readers; the ceiling is the faster of them.
+    res["ceilings"] = {}
+    for client in ("aiokafka", "confluent"):
+        log(f"== ceiling: plain {client} consumer + orjson.loads over all {n:,} events")
+        res["ceilings"][client] = run_json(
+            [PY, str(BENCH_DIR / "ceiling.py"), "--client", client, "--bootstrap", ctx.bootstrap,
+             "--group", f"{ctx.prefix}-ceiling-{client}", "--expect", str(n), "--timeout", str(60 + n / 5_000),
+             *source_topics(ctx.src)],
+            timeout=120 + n / 5_000, what=f"ceiling consumer ({client})",
+        )
+        c = res["ceilings"][client]
+        log(f"ceiling ({client}): {c['rate_from_first']:,} events/s from the first message ({c['rate_from_start']:,}/s from start)")
+    res["ceiling"] = max(res["ceilings"].values(), key=lambda c: c["rate_from_first"])
 
     if not a.no_compute:
         cfg_path = ctx.work / "compute.yaml"
@@ -162,7 +167,8 @@ def phase_throughput(ctx: Ctx, results: dict[str, Any]) -> None:
 
 
 def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool, cap: int | None = None,
-                    env: dict[str, str] | None = None) -> dict[str, Any]:
+                    env: dict[str, str] | None = None,
+                    config: Callable[[Ctx, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Start ``workers`` processes in one group on the preloaded topics; time until /metrics counts n events.
 
     A run is capped at ``--worker-seconds`` after the first event: a slow worker is then
@@ -170,7 +176,7 @@ def measure_workers(ctx: Ctx, n: int, *, workers: int, label: str, profile: bool
     """
     a = ctx.args
     app_id = f"{ctx.prefix}-{label}"
-    base = throughput_config(ctx, app_id)
+    base = (config or throughput_config)(ctx, app_id)
     procs = [
         WorkerProc(copy.deepcopy(base), bootstrap=ctx.bootstrap, app_id=app_id, workdir=ctx.work, name=f"{app_id}-{i}", env=env)
         for i in range(workers)
@@ -460,6 +466,66 @@ def phase_whatif(ctx: Ctx, results: dict[str, Any]) -> None:
 
 
 # -- phase 2: latency ------------------------------------------------------------------
+
+
+# -- phase: peers (the same per-campaign KPIs in Quix Streams, and in kpimon) -------------------
+
+QUIX_VENV = ROOT / ".cache" / "bench-quix"
+QUIX_REQUIREMENT = "quixstreams>=3.20,<4"
+
+
+def peer_config(ctx: Ctx, app_id: str) -> dict[str, Any]:
+    """kpimon doing what the Quix app does: per-campaign 1-minute windows, 10 s lateness, the same KPIs."""
+    return {
+        "windows": [{"size": "1m"}],
+        "allowed_lateness": "10s",
+        "idle_timeout": ctx.args.throughput_idle_timeout or "10s",
+        "breakdowns": [["campaign"]],
+        "measures": {
+            "impressions": {"event": "impression"}, "clicks": {"event": "click"},
+            "click_cost": {"event": "click", "sum": "cost"}, "pageviews": {"event": "pageview"},
+            "leads": {"event": "lead"}, "orders": {"event": "order"}, "revenue": {"event": "order", "sum": "revenue"},
+            "spend": {"event": "spend", "sum": "amount"}, "cost": {"add": ["click_cost", "spend"]},
+        },
+        "kpis": {
+            "ctr": {"ratio": ["clicks", "impressions"]}, "cpc": {"ratio": ["click_cost", "clicks"], "direction": "lower"},
+            "cpl": {"ratio": ["cost", "leads"], "direction": "lower"}, "cpa": {"ratio": ["cost", "orders"], "direction": "lower"},
+            "roas": {"ratio": ["revenue", "cost"]}, "conversion": {"ratio": ["orders", "clicks"]},
+        },
+        "topics": topics_section(ctx.src, app_id, PARTITIONS),
+    }
+
+
+def quix_python() -> str:
+    """The Quix Streams virtualenv's python, created on first use (Quix is not a kpimon dependency)."""
+    py = QUIX_VENV / "bin" / "python"
+    if not py.exists():
+        log(f"creating {os.path.relpath(QUIX_VENV, ROOT)} with {QUIX_REQUIREMENT}")
+        subprocess.run([sys.executable, "-m", "venv", str(QUIX_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", QUIX_REQUIREMENT], check=True, timeout=900)
+    return str(py)
+
+
+def phase_peers(ctx: Ctx, results: dict[str, Any]) -> None:
+    res = results.setdefault("peers", {})
+    n = preload(ctx)["events"]
+    py = quix_python()
+    res["quix_version"] = subprocess.run([py, "-c", "import quixstreams; print(quixstreams.__version__)"],
+                                         capture_output=True, text=True, check=True).stdout.strip()
+    log(f"== peers: Quix Streams {res['quix_version']} app, per-campaign 1-minute KPIs over {n:,} events")
+    state = ctx.work / "quix-state"
+    res["quix"] = run_json(
+        [py, str(BENCH_DIR / "peers" / "quix_app.py"), "--bootstrap", ctx.bootstrap, "--group", f"{ctx.prefix}-quix",
+         "--expect", str(n), "--state-dir", str(state), "--timeout", str(120 + n / 1_000), *source_topics(ctx.src)],
+        timeout=300 + n / 1_000, what="Quix Streams app",
+    )
+    q = res["quix"]
+    log(f"quix: {q['rate_from_first']:,} events/s into window state; {q['absorbed']:,} absorbed, {q['late']:,} dropped as late")
+    log(f"== peers: kpimon worker with the same KPIs over {n:,} events")
+    res["kpimon"] = measure_workers(ctx, n, workers=1, label="peer", profile=False, config=peer_config)
+    k = res["kpimon"]
+    res["ratio"] = round(k["stage1_rate_from_first"] / q["rate_from_first"], 2) if q.get("rate_from_first") else None
+    log(f"kpimon, same KPIs: {k['stage1_rate_from_first']:,} events/s into state ({res['ratio']}x Quix)")
 
 
 def iso_ms(text: str) -> int:
@@ -816,14 +882,14 @@ def phase_baselines(ctx: Ctx, results: dict[str, Any]) -> None:
 
 PHASES = {"throughput": phase_throughput, "scaling": phase_scaling, "whatif": phase_whatif,
           "latency": phase_latency, "memory": phase_memory, "statemem": phase_statemem, "arrival": phase_arrival,
-          "baselines": phase_baselines}
+          "baselines": phase_baselines, "peers": phase_peers}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k events and shorter phases")
     ap.add_argument("--events", type=int, help="events to preload (default 1,000,000; 100,000 with --quick)")
-    ap.add_argument("--phases", default="throughput,scaling,whatif,latency,memory,statemem,arrival,baselines")
+    ap.add_argument("--phases", default="throughput,peers,scaling,whatif,latency,memory,statemem,arrival,baselines")
     ap.add_argument("--campaigns", type=int, default=1000, help="campaigns in the preloaded mix")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
