@@ -31,9 +31,13 @@ class KpiCollector:
         self.measures: dict[LabelValues, float] = {}  # (measure, window, breakdown, *dims)
         self.owners: dict[int, set[LabelValues]] = {}  # combine partition -> (window, breakdown, *dims) it exported
         self.settled: dict[LabelValues, int] = {}  # (window, breakdown, *dims) -> start of the last final window shown
+        # What /metrics shows (campaigns bounded to the top N), computed when windows close or
+        # incidents change (``refresh``), not at every scrape: a scrape only reads it.
+        self._view: dict[str, dict[LabelValues, float]] | None = None
 
     def update(self, snap: Snapshot, owner: int) -> None:
         """Take a closed window's values; a missing KPI removes its series."""
+        self._view = None
         group = tuple(snap.group.get(d, "") for d in self.dims)
         where = (snap.window, breakdown_name(snap.dims), *group)
         self.owners.setdefault(owner, set()).add(where)
@@ -69,6 +73,7 @@ class KpiCollector:
 
     def forget(self, owner: int) -> None:
         """Drop the series of groups computed on a partition this worker no longer owns."""
+        self._view = None
         gone = self.owners.pop(owner, set())
         for where in gone:
             self.settled.pop(where, None)
@@ -78,26 +83,37 @@ class KpiCollector:
 
     def set_firing(self, kpi: str, window: str, dims: tuple[str, ...], group: dict[str, str]) -> None:
         """Mark an incident as firing (e.g. restored from state after a restart)."""
+        self._view = None
         self.firing[(kpi, window, breakdown_name(dims), *(group.get(d, "") for d in self.dims))] = 1.0
 
     def update_alert(self, alert: AlertEvent) -> None:
         """Firing incidents are 1, everything else with a rule 0."""
+        self._view = None
         group = tuple(alert.group.get(d, "") for d in self.dims)
         for f in alert.findings:
             self.firing[(f.kpi, alert.window, breakdown_name(alert.dims), *group)] = 1.0 if f.status == "firing" else 0.0
 
+    def refresh(self) -> dict[str, dict[LabelValues, float]]:
+        """What /metrics shows, recomputed only if anything changed since the last call."""
+        if self._view is None:
+            bounded = self._bounded()
+            self._view = {name: dict(bounded.get(name, data)) for name, data in (
+                ("kpimon_kpi_value", self.values), ("kpimon_kpi_target", self.targets),
+                ("kpimon_alert_firing", self.firing), ("kpimon_measure_value", self.measures))}
+        return self._view
+
     def collect(self) -> Iterator[Metric]:
         where = ["window", "breakdown", *self.dims]
         families = (
-            ("kpimon_kpi_value", "KPI value of the last closed window", "kpi", self.values),
-            ("kpimon_kpi_target", "The KPI's configured target for this group", "kpi", self.targets),
-            ("kpimon_alert_firing", "1 while an incident is firing for this KPI and group", "kpi", self.firing),
-            ("kpimon_measure_value", "Raw windowed numerators and denominators, for correct roll-ups", "measure", self.measures),
+            ("kpimon_kpi_value", "KPI value of the last closed window", "kpi"),
+            ("kpimon_kpi_target", "The KPI's configured target for this group", "kpi"),
+            ("kpimon_alert_firing", "1 while an incident is firing for this KPI and group", "kpi"),
+            ("kpimon_measure_value", "Raw windowed numerators and denominators, for correct roll-ups", "measure"),
         )
-        bounded = self._bounded()
-        for name, doc, first, data in families:
+        view = self.refresh()
+        for name, doc, first in families:
             family = GaugeMetricFamily(name, doc, labels=[first, *where])
-            for labels, value in bounded.get(name, data).items():
+            for labels, value in view[name].items():
                 family.add_metric(labels, value)
             yield family
 
@@ -209,6 +225,8 @@ class Metrics:
             self.record_alert(alert)
         if fx.watermark is not None:
             self.record_watermark(partition, *fx.watermark)
+        if fx.snapshots or fx.alerts:
+            self.kpis.refresh()  # the top-N view, once per step that closed windows, not per scrape
 
     def record_snapshot(self, snap: Snapshot, owner: int) -> None:
         self.kpis.update(snap, owner)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 
 def make_web_app(registry: CollectorRegistry, health: Callable[[], dict[str, object]]) -> web.Application:
-    async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    # prometheus-client's own handler: content negotiation (OpenMetrics when asked for) and gzip.
+    metrics = make_aiohttp_handler(registry)
 
     async def healthz(_: web.Request) -> web.Response:
         state = health()

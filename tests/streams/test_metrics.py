@@ -72,3 +72,19 @@ def test_the_watermark_and_its_holders_are_exported_and_replaced() -> None:
     assert _series(m, "kpimon_watermark_held_by") == {(("partition", "1"), ("source", "orders:0")): 1.0}
     m.forget_watermark(1)  # partition revoked
     assert _series(m, "kpimon_watermark_held_by") == {} and _series(m, "kpimon_watermark_seconds") == {}
+
+
+def test_the_top_n_view_is_computed_when_windows_change_not_at_every_scrape(monkeypatch) -> None:
+    m = _metrics(top=2)
+    computed = []
+    real = m.kpis._bounded
+    monkeypatch.setattr(m.kpis, "_bounded", lambda: computed.append(1) or real())
+    first = _samples(m, "kpimon_kpi_value")
+    assert [_samples(m, "kpimon_kpi_value") for _ in range(3)] == [first] * 3
+    assert len(computed) == 1  # four scrapes, one computation
+    snap = Snapshot("1m", 60_000, 120_000, ("campaign",), {"campaign": "tiny"}, "events",
+                    {"impressions": 5000, "clicks": 5}, {"ctr": 0.001})
+    m.record_snapshot(snap, owner=0)  # tiny becomes the biggest: the view must change
+    after = _samples(m, "kpimon_kpi_value")
+    assert len(computed) == 2
+    assert ("ctr", "tiny") in after and ("ctr", "tiny") not in first
