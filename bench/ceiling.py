@@ -16,30 +16,54 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 
+class Tally:
+    """Messages decoded so far, their bytes, and when the first and the last arrived."""
+
+    def __init__(self, expect: int, timeout: float) -> None:
+        self.expect = expect
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + timeout
+        self.t_first: float | None = None
+        self.n = self.decoded_bytes = 0
+
+    def more(self) -> bool:
+        return self.n < self.expect and time.monotonic() < self.deadline
+
+    def take(self, values: list[bytes]) -> None:
+        if self.t_first is None and values:
+            self.t_first = time.monotonic()
+        for value in values:
+            orjson.loads(value)
+            self.decoded_bytes += len(value)
+            self.n += 1
+
+    def rates(self) -> dict[str, float]:
+        t_last = time.monotonic()
+        t_first = self.t_first or t_last
+        return {
+            "messages": self.n,
+            "complete": self.n >= self.expect,
+            "start_to_first_s": round(t_first - self.t0, 3),
+            "start_to_last_s": round(t_last - self.t0, 3),
+            "rate_from_start": round(self.n / (t_last - self.t0)),
+            "rate_from_first": round(self.n / max(t_last - t_first, 1e-9)),
+            "mb_per_s": round(self.decoded_bytes / max(t_last - t_first, 1e-9) / 1e6, 1),
+        }
+
+
 async def consume(bootstrap: str, topics: list[str], group: str, expect: int, timeout: float) -> dict[str, float]:
     consumer = AIOKafkaConsumer(
         *topics, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest", enable_auto_commit=True,
     )
-    t0 = time.monotonic()
+    tally = Tally(expect, timeout)
     await consumer.start()
-    t_first = None
-    n = 0
-    decoded_bytes = 0
     try:
-        deadline = t0 + timeout
-        while n < expect and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500)
-            for msgs in batches.values():
-                if t_first is None and msgs:
-                    t_first = time.monotonic()
-                for m in msgs:
-                    orjson.loads(m.value)
-                    decoded_bytes += len(m.value)
-                    n += 1
-        t_last = time.monotonic()
+        while tally.more():
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                tally.take([m.value for m in msgs])
+        return tally.rates()
     finally:
         await consumer.stop()
-    return _rates(n, expect, t0, t_first, t_last, decoded_bytes)
 
 
 def consume_confluent(bootstrap: str, topics: list[str], group: str, expect: int, timeout: float) -> dict[str, float]:
@@ -47,41 +71,14 @@ def consume_confluent(bootstrap: str, topics: list[str], group: str, expect: int
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": True})
-    t0 = time.monotonic()
+    tally = Tally(expect, timeout)
     consumer.subscribe(topics)
-    t_first = None
-    n = 0
-    decoded_bytes = 0
     try:
-        deadline = t0 + timeout
-        while n < expect and time.monotonic() < deadline:
-            msgs = consumer.consume(num_messages=10_000, timeout=0.5)
-            if t_first is None and msgs:
-                t_first = time.monotonic()
-            for m in msgs:
-                if m.error():
-                    continue
-                value = m.value()
-                orjson.loads(value)
-                decoded_bytes += len(value)
-                n += 1
-        t_last = time.monotonic()
+        while tally.more():
+            tally.take([m.value() for m in consumer.consume(num_messages=10_000, timeout=0.5) if not m.error()])
+        return tally.rates()
     finally:
         consumer.close()
-    return _rates(n, expect, t0, t_first, t_last, decoded_bytes)
-
-
-def _rates(n: int, expect: int, t0: float, t_first: float | None, t_last: float, decoded_bytes: int) -> dict[str, float]:
-    t_first = t_first or t_last
-    return {
-        "messages": n,
-        "complete": n >= expect,
-        "start_to_first_s": round(t_first - t0, 3),
-        "start_to_last_s": round(t_last - t0, 3),
-        "rate_from_start": round(n / (t_last - t0)),
-        "rate_from_first": round(n / max(t_last - t_first, 1e-9)),
-        "mb_per_s": round(decoded_bytes / max(t_last - t_first, 1e-9) / 1e6, 1),
-    }
 
 
 def main() -> None:
