@@ -108,12 +108,16 @@ class Pipeline:
         self.snapshot_topic = app.topic(cfg.topics.snapshots, value_serializer="raw", key_serializer="raw")
         self.alerts_topic = app.topic(cfg.topics.alerts, value_serializer="raw", key_serializer="raw")
         self.stage1_table = self._table("stage1")
+        # The aiokafka producer under Faust's: the stage tables' changelog records go to it in batches.
+        aiokafka_producer = lambda: self.app.producer._ensure_producer()  # noqa: E731
         # Stage 2's combiner and alert-engine state share one table, so one changelog
         # partition keeps the order of a step's writes (its input position last).
         self.stage2_table = self._table("stage2")
+        self.stage1_store = runner.TableStore(self.stage1_table, aiokafka_producer)
+        self.stage2_store = runner.TableStore(self.stage2_table, aiokafka_producer)
         # Where the alert-engine state lived before it joined stage2: read once on restore,
         # so an upgraded worker keeps its incidents and thread sequence numbers.
-        self.legacy_incidents = self._table("incidents")
+        self.legacy_incidents = runner.TableStore(self._table("incidents"), aiokafka_producer)
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
         # The in-doubt mark is durable (the producer flushed) before Slack is called.
         self.outbox = Outbox(delivery, self.delivery_table, lambda: self.app.producer.flush(), silences=silences,
@@ -169,11 +173,12 @@ class Pipeline:
 
     # -- 2. aggregate ----------------------------------------------------------
 
-    def _stage1(self, p: int) -> Stage1:
+    async def _stage1(self, p: int) -> Stage1:
         stage = self.stage1.get(p)
         if stage is None:
-            stage = self.stage1[p] = Stage1(self.plan, p, self.partitions)
-            self.positions[(self.settings.events_topic, p)] = runner.restore(self.stage1_table, p, {"": stage.load})
+            stage = Stage1(self.plan, p, self.partitions)
+            self.positions[(self.settings.events_topic, p)] = await runner.restore(self.stage1_store, p, {"": stage.load})
+            self.stage1[p] = stage
         return stage
 
     async def _in_order(self, topic: str, p: int, delivered: list[tuple[int, Any]]) -> AsyncIterator[list[tuple[int, Any]]]:
@@ -222,7 +227,7 @@ class Pipeline:
 
     async def _stage1_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
         topic = self.settings.events_topic
-        stage = self._stage1(p)
+        stage = await self._stage1(p)
         now = time.time() * 1000
         applied = False
         async for chunk in self._in_order(topic, p, delivered):
@@ -237,7 +242,7 @@ class Pipeline:
         at = self.positions.get((self.settings.events_topic, p)) or 0
         fx = stage.close(now, position, at)
         # Revoked while the records were sent: the new owner writes this partition now.
-        if await runner.run(fx, self._send, self.stage1_table, p, owns=lambda: self.stage1.get(p) is stage):
+        if await runner.run(fx, self._send, self.stage1_store, p, owns=lambda: self.stage1.get(p) is stage):
             self.metrics.record_effects(fx, p)
 
     async def _send(self, record: Send) -> Any:
@@ -245,12 +250,13 @@ class Pipeline:
 
     # -- 3. combine ------------------------------------------------------------
 
-    def _stage2(self, p: int) -> Stage2:
+    async def _stage2(self, p: int) -> Stage2:
         stage = self.stage2.get(p)
         if stage is None:
-            stage = self.stage2[p] = Stage2(self.plan, p, sources=self.partitions)
-            runner.restore(self.legacy_incidents, p, {"": stage.engine.load})
-            self.positions[(self.settings.partials_topic, p)] = runner.restore(self.stage2_table, p, stage.loaders())
+            stage = Stage2(self.plan, p, sources=self.partitions)
+            await runner.restore(self.legacy_incidents, p, {"": stage.engine.load})
+            self.positions[(self.settings.partials_topic, p)] = await runner.restore(self.stage2_store, p, stage.loaders())
+            self.stage2[p] = stage
             for (kpi, wi, bi, group), _ in stage.engine.firing().items():
                 dims = self.plan.breakdowns[bi]
                 self.metrics.kpis.set_firing(kpi, self.plan.windows[wi].name, dims, dict(zip(dims, group)))
@@ -268,7 +274,7 @@ class Pipeline:
 
     async def _stage2_step(self, p: int, delivered: list[tuple[int, Any]]) -> None:
         topic = self.settings.partials_topic
-        stage = self._stage2(p)
+        stage = await self._stage2(p)
         applied = False
         async for chunk in self._in_order(topic, p, delivered):
             applied = True
@@ -276,7 +282,7 @@ class Pipeline:
                 stage.absorb(raw)
         if applied:  # else all applied before: a redelivery
             fx = stage.finish(self.positions[(topic, p)])
-            await runner.run(fx, self._send, self.stage2_table, p)
+            await runner.run(fx, self._send, self.stage2_store, p)
             self.metrics.record_effects(fx, p)
 
     # -- 4. deliver ------------------------------------------------------------
@@ -320,7 +326,7 @@ class Pipeline:
                 # being handed over must not be written by its old owner any more.
                 if self.app.rebalancing or tp not in self.app.assignor.assigned_actives():
                     continue
-                await self._close_stage1(tp.partition, self._stage1(tp.partition), now)
+                await self._close_stage1(tp.partition, await self._stage1(tp.partition), now)
 
     async def _on_revoked(self, app: Any, revoked: set[Any], **_: Any) -> None:
         # Revoked partitions' state moves with them; reload from the table if they return.

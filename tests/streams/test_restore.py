@@ -9,7 +9,30 @@ from typing import Any
 
 import orjson
 
-from streams.runner import persist as _persist, persist_position as _persist_position, restore as _restore
+import asyncio
+
+from streams import runner
+
+
+class DictStore(dict):
+    async def write(self, partition: int, entries: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in entries:
+            if value is None:
+                self.pop(key, None)
+            else:
+                self[key] = value
+
+
+def _restore(table: DictStore, partition: int, loaders: dict) -> int | None:
+    return asyncio.run(runner.restore(table, partition, loaders))
+
+
+def _persist(table: DictStore, partition: int, changes: list) -> None:
+    asyncio.run(table.write(partition, list(runner.encode(partition, changes))))
+
+
+def _persist_position(table: DictStore, partition: int, position: int) -> None:
+    asyncio.run(table.write(partition, [runner.position_entry(partition, position)]))
 
 
 def loaded() -> tuple[dict[str, Any], dict]:
@@ -18,7 +41,7 @@ def loaded() -> tuple[dict[str, Any], dict]:
 
 
 def test_a_fresh_partition_starts_at_0_and_stores_that_before_any_state() -> None:
-    table: dict[bytes, bytes] = {}
+    table = DictStore()
     got, loaders = loaded()
     assert _restore(table, 3, loaders) == 0
     # Written at once: a first step killed after its state but before its own position
@@ -29,7 +52,7 @@ def test_a_fresh_partition_starts_at_0_and_stores_that_before_any_state() -> Non
 
 
 def test_state_and_position_come_back_as_stored() -> None:
-    table: dict[bytes, bytes] = {}
+    table = DictStore()
     _persist(table, 1, [('["a"]', {"n": 2}), ('["b"]', {"n": 5})])
     _persist_position(table, 1, 42)
     _persist(table, 2, [('["c"]', {"n": 9})])  # another partition's entries are not loaded
@@ -40,7 +63,7 @@ def test_state_and_position_come_back_as_stored() -> None:
 
 
 def test_state_stored_before_positions_existed_has_no_position() -> None:
-    table = {b'0|["a"]': orjson.dumps({"n": 1})}
+    table = DictStore({b'0|["a"]': orjson.dumps({"n": 1})})
     got, loaders = loaded()
     assert _restore(table, 0, loaders) is None
     assert got == {'["a"]': {"n": 1}}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -43,17 +45,20 @@ class FakeProducer:
 
 
 class FakeStore(dict):
+    """A dict that journals each entry of a write, in order."""
+
     def __init__(self, journal: Journal, *args) -> None:
         super().__init__(*args)
         self.journal = journal
 
-    def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.journal.append(("write", key, value))
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: bytes) -> None:
-        self.journal.append(("delete", key))
-        super().__delitem__(key)
+    async def write(self, partition: int, entries: list[tuple[bytes, bytes | None]]) -> None:
+        for key, value in entries:
+            if value is None:
+                self.journal.append(("delete", key))
+                self.pop(key, None)
+            else:
+                self.journal.append(("write", key, value))
+                self[key] = value
 
 
 def effects() -> Effects:
@@ -108,3 +113,51 @@ def test_a_timer_step_without_new_input_writes_state_but_no_position() -> None:
     assert journal == [("write", b'0|["w"]', b'{"n":3}')]
     assert store[b"0|position"] == b"5"
     assert orjson.loads(store[b'0|["w"]']) == {"n": 3}
+
+
+class BatchingProducer:
+    """aiokafka's real batch builder, small, with the sends journaled (no broker needed to see the order)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sent: list[tuple[str, int, list[tuple[bytes, bytes | None]]]] = []
+
+    def create_batch(self) -> Any:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        return BatchBuilder(self.size, 0, is_transactional=False)
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> None:
+        from aiokafka.record.memory_records import MemoryRecords
+
+        records = MemoryRecords(bytes(batch._buffer or batch._builder.build())).next_batch()
+        self.sent.append(("batch", partition, [(r.key, r.value) for r in records]))
+
+
+class Table:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {b"2|old": b"1"}
+
+        class Changelog:
+            @staticmethod
+            def get_topic_name() -> str:
+                return "app-stage1-changelog"
+
+        self.changelog_topic = Changelog()
+
+
+def test_a_table_store_writes_memory_and_sends_every_entry_in_order_in_batches() -> None:
+    table, producer = Table(), BatchingProducer(size=300)
+    store = runner.TableStore(table, lambda: producer)
+    big = b"x" * 1000  # larger than a whole batch: a batch of its own, still in its place
+    entries = [(f"2|k{i}".encode(), f"v{i}".encode() * 5) for i in range(12)]
+    entries[5:5] = [(b"2|big", big)]
+    entries.append((b"2|old", None))
+    entries.append((b"2|position", b"99"))
+    asyncio.run(store.write(2, entries))
+    sent = [e for _, _, es in producer.sent for e in es]
+    assert sent == entries  # every entry, in order, tombstone included
+    assert {p for _, p, _ in producer.sent} == {2}
+    assert [(b"2|big", big)] in [es for _, _, es in producer.sent] and len(producer.sent) >= 3
+    assert all(len(es) > 0 for _, _, es in producer.sent)
+    assert b"2|old" not in table.data and table.data[b"2|big"] == big and table.data[b"2|position"] == b"99"
