@@ -520,7 +520,8 @@ def phase_peers(ctx: Ctx, results: dict[str, Any]) -> None:
         timeout=300 + n / 1_000, what="Quix Streams app",
     )
     q = res["quix"]
-    log(f"quix: {q['rate_from_first']:,} events/s into window state; {q['absorbed']:,} absorbed, {q['late']:,} dropped as late")
+    log(f"quix: {q['rate_from_first']:,} events/s through its window step; {q['absorbed']:,} absorbed, "
+        f"{q['late']:,} dropped as late")
     log(f"== peers: kpimon worker with the same KPIs over {n:,} events")
     res["kpimon"] = measure_workers(ctx, n, workers=1, label="peer", profile=False, config=peer_config)
     k = res["kpimon"]
