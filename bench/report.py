@@ -60,6 +60,9 @@ def render(r: dict[str, Any]) -> str:
                             "a private single-node KRaft broker started by the benchmark on free ports (`-Xmx512m`), "
                             "on the same machine"),
     ]
+    for sup in r.get("supplements") or []:
+        lines.append(f"- **Re-run after the main run:** {', '.join(sup['phases'])}, started {sup.get('started')}, "
+                     f"command `{sup.get('command')}`; merged into these results")
     gits = set((r.get("git_by_phase") or {}).values())
     if len(gits) > 1:
         lines.append("- **The code changed during the run** (other engineers commit meanwhile; each worker starts from the "
@@ -120,7 +123,7 @@ def _peers(pe: dict[str, Any] | None, tp: dict[str, Any] | None) -> list[str]:
     ceiling = ((tp or {}).get("ceiling") or {}).get("rate_from_first")
     n = q.get("processed") or q["absorbed"] + q["late"]
     rows = [
-        [f"Quix Streams {pe.get('quix_version')} (`bench/peers/quix_app.py`: `group_by` campaign, tumbling 1 min, "
+        [f"Quix Streams {pe.get('quix_version')} (`bench/peers/quix_app.py`: re-keyed by campaign through one topic, tumbling 1 min, "
          "10 s grace, RocksDB)", f"**{_n(q.get('rate_from_first'))}**", _n(q.get("absorbed")),
          f"{_n(q.get('late'))} ({_pct(q['late'] / n if n else None)})", _pct(q["rate_from_first"] / ceiling if ceiling else None)],
     ]
