@@ -29,6 +29,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
 import orjson
 
 from kpi_core.plan import REVISION, SESSIONS, Plan, base_phase, is_complete
@@ -109,12 +110,143 @@ class Report:
     ``Plan.report_fields`` order: reports live as long as their windows can be revised.
     """
 
-    __slots__ = ("version", "ts", "values")
+    __slots__ = ("version", "ts", "values", "end")
 
-    def __init__(self, version: float, ts: int, values: tuple[Any, ...]) -> None:
+    def __init__(self, version: float, ts: int, values: tuple[Any, ...], end: int) -> None:
         self.version = version
         self.ts = ts
         self.values = values
+        self.end = end  # where its last window ends (PartitionAggregator._last_window_end)
+
+
+class _Columns:
+    """Events collected for the columnar path, and the code that adds them to their cells.
+
+    Per event, ``add`` only appends its time, source, offset, groups and contribution.
+    ``flush`` then works per window and breakdown with NumPy: each event's cell is found
+    by a group-by over (window start, group), every sum is added with ``np.add.at``
+    (unbuffered, in event order: each cell's floats come out bit for bit as if added one
+    event at a time), and each cell's marks become the highest offset per source it took.
+    Python then touches each *cell* once, not each (event, cell) pair; at 1,000 campaigns
+    a batch of 10,000 events lands in a few thousand cells, not 80,000.
+    Distinct counts are still added per value (a sketch update is one C++ call).
+    """
+
+    __slots__ = ("agg", "ts", "src", "off", "combo", "contrib", "_combos", "_combo_of", "_sources")
+
+    def __init__(self, agg: PartitionAggregator) -> None:
+        self.agg = agg
+        self._combos: list[list[tuple[int, tuple[str, ...]]]] = []  # Plan.groups lists seen, by local id
+        self._combo_of: dict[int, int] = {}  # id() of a Plan.groups list (kept alive in _combos) -> local id
+        self._sources: dict[str, int] = {}
+        self._clear()
+
+    def _clear(self) -> None:
+        self.ts: list[int] = []
+        self.src: list[int] = []
+        self.off: list[int] = []
+        self.combo: list[int] = []
+        self.contrib: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def add(self, src: str, off: int, ts: int, groups: list[tuple[int, tuple[str, ...]]], contribution: Any) -> None:
+        combo = self._combo_of.get(id(groups))
+        if combo is None:
+            combo = self._combo_of[id(groups)] = len(self._combos)
+            self._combos.append(groups)
+        si = self._sources.get(src)
+        if si is None:
+            si = self._sources[src] = len(self._sources)
+        self.ts.append(ts)
+        self.src.append(si)
+        self.off.append(off)
+        self.combo.append(combo)
+        self.contrib.append(contribution)
+
+    def flush(self) -> None:
+        """Add every collected event to its cells, then start empty."""
+        n = len(self.ts)
+        if not n:
+            return
+        agg = self.agg
+        plan, cells, dirty = agg.plan, agg.cells, agg._dirty
+        # The sum slots this batch feeds, and each event's amounts in them (one row per event).
+        slots = sorted({i for c in {id(c): c for c in self.contrib}.values() for i, _ in c[0]})
+        col = {i: j for j, i in enumerate(slots)}
+        rows: dict[int, list[float]] = {}
+        matrix = []
+        distinct = []  # (event, slot, value)
+        for e, c in enumerate(self.contrib):
+            row = rows.get(id(c))
+            if row is None:
+                row = [0.0] * len(slots)
+                for i, amount in c[0]:
+                    row[col[i]] += amount
+                if c[1]:
+                    distinct += [(e, i, value) for i, value in c[1]]
+                else:
+                    rows[id(c)] = row  # the same object is the same contribution (Plan.contribution caches count-only ones)
+            matrix.append(row)
+        amounts = np.array(matrix, dtype=np.float64).reshape(n, len(slots))
+        ts = np.array(self.ts, dtype=np.int64)
+        src = np.array(self.src, dtype=np.int64)
+        off = np.array(self.off, dtype=np.int64)
+        combo = np.array(self.combo, dtype=np.int64)
+        sources = list(self._sources)
+        # Per breakdown, each combo's group as a local id, and the group behind each id.
+        group_ids: list[np.ndarray] = []
+        group_of: list[list[tuple[int, tuple[str, ...]]]] = []
+        for bi in range(len(plan.breakdowns)):
+            ids: dict[tuple[int, tuple[str, ...]], int] = {}
+            group_ids.append(np.array([ids.setdefault(groups[bi], len(ids)) for groups in self._combos], dtype=np.int64))
+            group_of.append(list(ids))
+        for wi, (size, step) in enumerate(agg._windows):
+            last = ts - ts % step
+            # Hopping windows: one (event, start) pair per window holding the event.
+            k = size // step
+            events = np.repeat(np.arange(n), k) if k > 1 else np.arange(n)
+            starts = (np.repeat(last, k) + np.tile(np.arange(k) * step - size + step, n)) if k > 1 else last
+            start_values, start_index = np.unique(starts, return_inverse=True)
+            for bi in range(len(plan.breakdowns)):
+                gids = group_ids[bi][combo[events]]
+                width = len(group_of[bi])
+                key = start_index * width + gids
+                uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+                order = np.argsort(first, kind="stable")  # cells are created in the order events reach them
+                rank = np.empty_like(order)
+                rank[order] = np.arange(len(order))
+                inverse = rank[inverse]
+                touched = []
+                for u in uniq[order].tolist():
+                    start = int(start_values[u // width])
+                    g = group_of[bi][u % width]
+                    window = cells.get((wi, start))
+                    if window is None:
+                        window = cells[(wi, start)] = {}
+                    cell = window.get(g)
+                    if cell is None:
+                        cell = window[g] = Cell(plan.new_vector(), {})
+                    touched.append(cell)
+                    dirty.add(("c", wi, start, g[0], g[1]))
+                if slots:
+                    values = np.array([[c.v[i] for i in slots] for c in touched], dtype=np.float64)
+                    np.add.at(values, inverse, amounts[events])
+                    for c, row in zip(touched, values.tolist()):
+                        v = c.v
+                        for i, x in zip(slots, row):
+                            v[i] = x
+                marks = np.full((len(touched), len(sources)), -1, dtype=np.int64)
+                np.maximum.at(marks, (inverse, src[events]), off[events])
+                for c, si in zip(*np.nonzero(marks >= 0)):
+                    touched[c].m[sources[si]] = int(marks[c, si])
+                if distinct:
+                    at = inverse.reshape(-1, k) if k > 1 else inverse.reshape(-1, 1)
+                    for e, i, value in distinct:
+                        for c in at[e].tolist():
+                            touched[c].v[i].add(value)
+        self._clear()
 
 
 class PartitionAggregator:
@@ -135,6 +267,9 @@ class PartitionAggregator:
         self._revised: set[tuple[int, int, tuple[int, tuple[str, ...]]]] = set()  # to send at the next advance
         self.restatements = {"replaced": 0, "outdated": 0}  # reports that replaced one, or came older than it (a tally, not state)
         self.applied: dict[str, int] = {}  # source -> highest offset seen, stored with the watermark
+        # source -> the highest mark of any cell restored from storage: cells may be stored
+        # ahead of ``applied`` (a crash between them), so offsets up to it go one at a time.
+        self._restored: dict[str, int] = {}
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
         self._windows = [(w.size, w.step) for w in plan.windows]
@@ -143,66 +278,107 @@ class PartitionAggregator:
     # -- input -----------------------------------------------------------------
 
     def apply(self, events: Iterable[Routed]) -> list[Routed]:
-        """Absorb events into their windows; return the ones too late to count."""
+        """Absorb events into their windows; return the ones too late to count.
+
+        Most events take the columnar path (``_Columns``): they are only collected here,
+        and their sums are added per cell at once by ``_flush``. The rest (restated and
+        revisable reports, late data, a replay of offsets stored before a crash) take
+        the per-event path below, which flushes first wherever order could matter.
+        """
         late: list[Routed] = []
         plan, fast = self.plan, self.horizon
         late_at = self._late_horizons() if plan.arrival else {}
-        by_type: dict[str, tuple[list[tuple[int, bool]], int | None]] = {}  # event type -> (_window_horizons, _revise_from), once per call
-        applied, dirty = self.applied, self._dirty
+        # event type -> (_window_horizons, _revise_from, the ts from which it may take the columnar path), once per call
+        by_type: dict[str, tuple[list[tuple[int, bool]], int | None, int | None]] = {}
+        applied, restored = self.applied, self._restored
+        columns = _Columns(self)
+        sessions = plan.needs_sessions
+        fresh = False
         for ev in events:
             src, off, etype, ts, data = ev
             if off <= applied.get(src, -1):
                 continue  # stored before a crash: counted, or reported late, already
             applied[src] = off
-            dirty.add(("w",))
-            is_late = False
+            fresh = True
             per_type = by_type.get(etype)
             if per_type is None:
-                per_type = by_type[etype] = (self._window_horizons(etype, late_at.get(etype, fast)), self._revise_from(etype))
-            horizons, revise_from = per_type
-            contribution = plan.contribution(etype, data) if etype in plan.feeds else None
-            feeds_measures = contribution is not None
-            groups = plan.groups(data) if feeds_measures else ()
-            taken: list[Cell] = []
-            if feeds_measures and etype in plan.restated:
-                taken = self._restate(src, off, etype, ts, data, horizons)
-                if taken is None:
-                    continue  # an older version of a report already counted
-            for wi, (size, step) in enumerate(self._windows):
-                h, counts_late = horizons[wi]
-                for start in window_starts(ts, size, step):
-                    if start + size <= h:
-                        if revise_from is not None and feeds_measures and self.plan.window_revise[wi] and start + size > revise_from:
-                            self._revise(src, off, wi, start, groups, contribution[0], +1)
-                        else:
-                            is_late = is_late or counts_late
-                        continue
-                    if not feeds_measures:
-                        continue
-                    window = self.cells.get((wi, start))
-                    if window is None:
-                        window = self.cells[(wi, start)] = {}
-                    for g in groups:
-                        cell = window.get(g)
-                        if cell is None:
-                            cell = window[g] = Cell(plan.new_vector(), {})
-                        elif cell.m.get(src, -1) >= off:
-                            continue  # absorbed before a crash; the restored state has it
-                        # Plan.add_contribution, inlined: this loop runs once per event and cell.
-                        v = cell.v
-                        for i, amount in contribution[0]:
-                            v[i] += amount
-                        for i, value in contribution[1]:
-                            v[i].add(value)
-                        cell.m[src] = off
-                        dirty.add(("c", wi, start, g[0], g[1]))
-            for cell in taken:
-                cell.m[src] = max(cell.m.get(src, -1), off)  # its report replaced: done, if this is read again
-            if etype == "pageview" and plan.needs_sessions and not is_late:
-                self._track_session(src, off, ts, data)
-            if is_late:
+                horizons = self._window_horizons(etype, late_at.get(etype, fast))
+                per_type = by_type[etype] = (horizons, self._revise_from(etype), self._columnar_from(etype, horizons))
+            horizons, revise_from, columnar_from = per_type
+            # Every window holding ts ends after ts, so ts at or past each window's horizon
+            # means none of them has closed; an offset past every restored mark cannot have
+            # been absorbed by any cell before a crash.
+            if columnar_from is not None and ts >= columnar_from and off > restored.get(src, -1):
+                contribution = plan.contribution(etype, data)
+                if contribution is not None:
+                    columns.add(src, off, ts, plan.groups(data), contribution)
+                if etype == "pageview" and sessions:
+                    self._track_session(src, off, ts, data)
+                continue
+            if columnar_from is not None:
+                # The same type's slots and marks: add what was collected first, so each
+                # cell's sums come out in event order, as if every event took this path.
+                columns.flush()
+            if self._absorb_one(ev, horizons, revise_from):
                 late.append(ev)
+        columns.flush()
+        if fresh:
+            self._dirty.add(("w",))  # it carries ``applied``
         return late
+
+    def _columnar_from(self, etype: str, horizons: list[tuple[int, bool]]) -> int | None:
+        """The event time from which this type's events may be added as columns (None: never).
+
+        Restated and revisable types change cells after the fact (taking a report back,
+        revising a settled window): they always go one event at a time. Slots belong to
+        one event type each, so the two paths never add to the same slot of a cell.
+        """
+        if etype not in self.plan.feeds or etype in self.plan.restated or etype in self.plan.revise_for:
+            return None
+        return max(h for h, _ in horizons)
+
+    def _absorb_one(self, ev: Routed, horizons: list[tuple[int, bool]], revise_from: int | None) -> bool:
+        """Absorb one event on its own; True if it is late (to be reported)."""
+        src, off, etype, ts, data = ev
+        plan = self.plan
+        dirty = self._dirty
+        is_late = False
+        contribution = plan.contribution(etype, data) if etype in plan.feeds else None
+        feeds_measures = contribution is not None
+        groups = plan.groups(data) if feeds_measures else ()
+        taken: list[Cell] | None = []
+        if feeds_measures and etype in plan.restated:
+            taken = self._restate(src, off, etype, ts, data, horizons)
+            if taken is None:
+                return False  # an older version of a report already counted
+        for wi, (size, step) in enumerate(self._windows):
+            h, counts_late = horizons[wi]
+            for start in window_starts(ts, size, step):
+                if start + size <= h:
+                    if revise_from is not None and feeds_measures and plan.window_revise[wi] and start + size > revise_from:
+                        self._revise(src, off, wi, start, groups, contribution[0], +1)
+                    else:
+                        is_late = is_late or counts_late
+                    continue
+                if not feeds_measures:
+                    continue
+                window = self.cells.get((wi, start))
+                if window is None:
+                    window = self.cells[(wi, start)] = {}
+                for g in groups:
+                    cell = window.get(g)
+                    if cell is None:
+                        cell = window[g] = Cell(plan.new_vector(), {})
+                    elif cell.m.get(src, -1) >= off:
+                        continue  # absorbed before a crash; the restored state has it
+                    plan.add_contribution(cell.v, contribution)
+                    cell.m[src] = off
+                    dirty.add(("c", wi, start, g[0], g[1]))
+        for cell in taken:
+            cell.m[src] = max(cell.m.get(src, -1), off)  # its report replaced: done, if this is read again
+        if etype == "pageview" and plan.needs_sessions and not is_late:
+            self._track_session(src, off, ts, data)
+        return is_late
 
     def _revise_from(self, etype: str) -> int | None:
         """Windows of a revisable type ending after this may still be revised (None: not revisable)."""
@@ -321,7 +497,7 @@ class PartitionAggregator:
                             cell.v[i] -= amount
                         cells.append(cell)
                         self._dirty.add(("c", wi, start, g[0], g[1]))
-        self.reports[key] = Report(version, ts, self.plan.report_values(etype, data))
+        self.reports[key] = Report(version, ts, self.plan.report_values(etype, data), self._last_window_end(ts))
         self._dirty.add(("r", *key))
         return cells
 
@@ -482,7 +658,7 @@ class PartitionAggregator:
         # can no longer be replaced.
         revise = self.plan.revise_for
         for key in [k for k, r in self.reports.items()
-                    if self._last_window_end(r.ts) <= min(closed, self.horizon - revise.get(k[0], 0))]:
+                    if r.end <= min(closed, self.horizon - revise.get(k[0], 0))]:
             del self.reports[key]
             self._drop(("r", *key))
 
@@ -574,11 +750,15 @@ class PartitionAggregator:
         elif kind == "c":
             _, wi, start, bi, group = parts
             self.cells.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(self.plan.decode(value["v"]), value["m"])
+            for src, off in value["m"].items():
+                if off > self._restored.get(src, -1):
+                    self._restored[src] = off
         elif kind == "v":
             _, wi, start, bi, group = parts
             self.settled.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(array("d", value["v"]), value["m"])
         elif kind == "r":
-            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]))
+            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]),
+                                                    self._last_window_end(value["t"]))
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]

@@ -37,9 +37,13 @@ class LocalPipeline:
         """Absorb a batch; return the snapshots and alerts of windows it closed."""
         batch = list(events)
         self.late += self.stage1.apply(batch)
-        for ev in batch:
-            self.stage1.observe(ev[0], ev[3], None)
-            self.latest = max(self.latest, ev[3])
+        progress: dict[str, int] = {}  # each source's largest event time in the batch (what observe keeps)
+        for src, _, _, ts, _ in batch:
+            if ts > progress.get(src, NEVER):
+                progress[src] = ts
+        for src, ts in progress.items():
+            self.stage1.observe(src, ts, None)
+            self.latest = max(self.latest, ts)
         return self._advance(None)
 
     def finish(self) -> list[Output]:

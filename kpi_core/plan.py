@@ -165,6 +165,20 @@ class Plan:
         self.lateness = config.allowed_lateness
         self.session_timeout = config.session_timeout
         self.needs_sessions = "session" in self.feeds
+        # Types whose every measure just counts the event: their contribution is always the
+        # same object, which the columnar path in kpi_core.aggregate turns into a row once.
+        # Per-snapshot lookups, computed once: KPIs by phase, measure names in config order
+        # (without the session measures before sessions are final), provisional KPI sets.
+        self._kpis_of: dict[str, tuple[KpiPlan, ...]] = {p: tuple(k for k in self.kpis if k.phase == p) for p in PHASES}
+        named = [n for n in config.measures if n in self.slot_names or n in self.derived]
+        self._measure_order = (tuple(n for n in named if n not in self.session_measures), tuple(named))
+        self._waiting: dict[tuple[str, frozenset[str]], frozenset[str]] = {}
+        self._distinct_order = tuple(sorted(self.distinct_slots))
+        self._source_of: dict[str, str] = {}
+        self._constant: dict[str, Contribution] = {
+            t: ([(f.index, 1.0) for f in feeds], []) for t, feeds in self.feeds.items()
+            if all(f.field is None and not f.filters and not f.distinct for f in feeds)
+        }
 
     def _from_sessions(self, name: str) -> bool:
         m = self.config.measures[name]
@@ -205,8 +219,11 @@ class Plan:
 
     def source_of(self, event_type: str) -> str:
         """A source name for events read without Kafka (replay): the first topic of the type, partition 0."""
-        topic = next((t for t, e in self.type_of_topic.items() if e == event_type), event_type)
-        return f"{topic}:0"
+        source = self._source_of.get(event_type)
+        if source is None:
+            topic = next((t for t, e in self.type_of_topic.items() if e == event_type), event_type)
+            source = self._source_of[event_type] = f"{topic}:0"
+        return source
 
     # -- vectors -----------------------------------------------------------------
 
@@ -225,8 +242,12 @@ class Plan:
         """What one event adds to any vector, or None if it feeds no measure.
 
         Computed once per event and added to each of its cells (one per window and
-        breakdown), so filters and amounts are not redone per cell.
+        breakdown), so filters and amounts are not redone per cell. Not to be changed:
+        count-only types share one.
         """
+        constant = self._constant.get(event_type)
+        if constant is not None:
+            return constant
         sums: list[tuple[int, float]] = []
         distinct: list[tuple[int, str]] = []
         for feed in self.feeds.get(event_type, ()):
@@ -257,7 +278,10 @@ class Plan:
                 into[i] += x
 
     def copy(self, vector: Vector) -> Vector:
-        return [x.copy() if i in self.distinct_slots else x for i, x in enumerate(vector)]
+        out = list(vector)
+        for i in self._distinct_order:
+            out[i] = out[i].copy()
+        return out
 
     def encode(self, vector: Vector) -> list[Any]:
         """A JSON-safe form of a vector, for state and the wire."""
@@ -286,7 +310,10 @@ class Plan:
 
     def measures(self, vector: Vector, phase: str) -> dict[str, float]:
         """Named measures final in this phase (session measures only once sessions are final)."""
-        return self._named([x.estimate() if i in self.distinct_slots else x for i, x in enumerate(vector)], phase)
+        values = list(vector)
+        for i in self._distinct_order:
+            values[i] = values[i].estimate()
+        return self._named(values, phase)
 
     def slot_values(self, measures: dict[str, float]) -> list[float]:
         """A published window's stored slots (what ``revised_measures`` starts from)."""
@@ -305,13 +332,11 @@ class Plan:
         out = dict(zip(self.slot_names, values))
         for name, parts in self.derived.items():
             out[name] = sum(out[p] for p in parts)
-        if base_phase(phase) != SESSIONS:
-            out = {n: v for n, v in out.items() if n not in self.session_measures}
-        return {n: out[n] for n in self.config.measures if n in out}
+        return {n: out[n] for n in self._measure_order[base_phase(phase) == SESSIONS]}
 
     def kpi_values(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None) -> dict[str, float | None]:
         """KPIs reported in this phase. A zero denominator makes the KPI missing (None)."""
-        return {k.name: k.value(measures, previous) for k in self.kpis if k.phase == base_phase(phase)}
+        return {k.name: k.value(measures, previous) for k in self._kpis_of.get(base_phase(phase), ())}
 
     def results(self, measures: dict[str, float], phase: str, previous: dict[str, float] | None = None,
                 stale: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -325,7 +350,13 @@ class Plan:
         values = self.kpi_values(measures, phase, previous)
         if not self.delayed or (is_complete(phase) and not stale):
             return values, {}
-        waiting = {k.name for k in self.kpis if k.name in values and (k.waits & stale if is_complete(phase) else k.waits)}
+        key = (phase, frozenset(stale) if is_complete(phase) else frozenset())
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = frozenset(
+                k.name for k in self.kpis if k.name in values and (k.waits & stale if is_complete(phase) else k.waits))
+        if not waiting:
+            return values, {}
         return ({n: v for n, v in values.items() if n not in waiting},
                 {n: v for n, v in values.items() if n in waiting})
 

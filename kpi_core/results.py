@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 
+@lru_cache(maxsize=4096)  # every group of a window formats the same start and end
 def iso(ms: int) -> str:
     """Epoch milliseconds as ISO-8601 UTC, the form every output uses."""
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
