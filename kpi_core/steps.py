@@ -77,16 +77,26 @@ class Stage1:
         self.partitions = partitions
         self.agg = PartitionAggregator(plan, idle_ms=plan.config.idle_timeout)
         self._late: list[Send] = []
+        self._events: list[Any] = []  # absorbed, applied at close
 
     def load(self, key: str, value: Any) -> None:
         self.agg.load(key, value)
 
     def absorb(self, raw: bytes, now: float) -> None:
-        """Apply one router bundle (kpi_core.wire); its late events wait for ``close``."""
+        """Take one router bundle (kpi_core.wire); its events are applied at ``close``.
+
+        A step's bundles are applied together: the columnar path then adds a whole step
+        per cell at once. Nothing in between reads what ``apply`` changes (the horizon
+        moves only at ``close``), so this is the same as applying each bundle on arrival.
+        """
         watermarks, backlog, sent_at, events = wire.decode_events(raw)
+        self._events += events
+        self.agg.report(watermarks, backlog, now, sent_at)
+
+    def _apply(self) -> None:
+        events, self._events = self._events, []
         for src, off, etype, ts, data in self.agg.apply(events):
             self._late.append(Send(LATE, orjson.dumps({"type": etype, "ts": ts, **data, "source": src, "offset": off})))
-        self.agg.report(watermarks, backlog, now, sent_at)
 
     def close(self, now: float, position: int | None, at: int) -> Effects:
         """Close what the watermark allows and say what must happen.
@@ -96,6 +106,7 @@ class Stage1:
         stage 2 (a replay never steps back).
         """
         agg = self.agg
+        self._apply()
         # Late records go out before the state that marks them applied: a crash in between
         # reports them again rather than never.
         fx = Effects(sends=self._late, position=position, late=len(self._late))
