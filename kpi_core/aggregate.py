@@ -24,6 +24,7 @@ input agree: an event whose offset a cell has already absorbed is skipped.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from array import array
 from dataclasses import dataclass
@@ -110,13 +111,12 @@ class Report:
     ``Plan.report_fields`` order: reports live as long as their windows can be revised.
     """
 
-    __slots__ = ("version", "ts", "values", "end")
+    __slots__ = ("version", "ts", "values")
 
-    def __init__(self, version: float, ts: int, values: tuple[Any, ...], end: int) -> None:
+    def __init__(self, version: float, ts: int, values: tuple[Any, ...]) -> None:
         self.version = version
         self.ts = ts
         self.values = values
-        self.end = end  # where its last window ends (PartitionAggregator._last_window_end)
 
 
 class _Columns:
@@ -270,6 +270,9 @@ class PartitionAggregator:
         # source -> the highest mark of any cell restored from storage: cells may be stored
         # ahead of ``applied`` (a crash between them), so offsets up to it go one at a time.
         self._restored: dict[str, int] = {}
+        # Expiry heaps: (where a report's last window ends, its key) per type; (when a session may expire, its key).
+        self._report_ends: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
+        self._session_ends: list[tuple[int, tuple[str, str]]] = []
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
         self._windows = [(w.size, w.step) for w in plan.windows]
@@ -497,7 +500,9 @@ class PartitionAggregator:
                             cell.v[i] -= amount
                         cells.append(cell)
                         self._dirty.add(("c", wi, start, g[0], g[1]))
-        self.reports[key] = Report(version, ts, self.plan.report_values(etype, data), self._last_window_end(ts))
+        if old is None:
+            heapq.heappush(self._report_ends.setdefault(etype, []), (self._last_window_end(ts), key))
+        self.reports[key] = Report(version, ts, self.plan.report_values(etype, data))
         self._dirty.add(("r", *key))
         return cells
 
@@ -514,7 +519,8 @@ class PartitionAggregator:
         timeout = self.plan.session_timeout
         near = [s for s in group.sessions if s.first - timeout <= ts <= s.last + timeout]
         if not near:
-            group.sessions.append(Session([ts], data))
+            session = Session([ts], data)
+            group.sessions.append(session)
         else:
             keep = min(near, key=lambda s: s.first)
             for other in near:
@@ -526,6 +532,8 @@ class PartitionAggregator:
             if ts < keep.first:
                 keep.data = data  # the earliest page view is the landing page
             bisect.insort(keep.times, ts)
+            session = keep
+        heapq.heappush(self._session_ends, (self._session_end(session) + timeout, skey))
         self._dirty.add(("s", *skey))
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
@@ -655,12 +663,15 @@ class PartitionAggregator:
 
     def _expire_reports(self, closed: int) -> None:
         # A report whose every window has had its last pass (and can no longer be revised)
-        # can no longer be replaced.
+        # can no longer be replaced. Per type, a heap by where the report's last window ends.
         revise = self.plan.revise_for
-        for key in [k for k, r in self.reports.items()
-                    if r.end <= min(closed, self.horizon - revise.get(k[0], 0))]:
-            del self.reports[key]
-            self._drop(("r", *key))
+        for etype, heap in self._report_ends.items():
+            until = min(closed, self.horizon - revise.get(etype, 0))
+            while heap and heap[0][0] <= until:
+                _, key = heapq.heappop(heap)
+                if key in self.reports:
+                    del self.reports[key]
+                    self._drop(("r", *key))
 
     def _add_sessions(self, wi: int, start: int, end: int) -> None:
         window = self.cells.setdefault((wi, start), {})
@@ -680,10 +691,15 @@ class PartitionAggregator:
         return [Partial(wi, start, phase, g[0], g[1], copy(c.v), stale) for g, c in self.cells.get((wi, start), {}).items()]
 
     def _expire_sessions(self) -> None:
-        timeout, horizon = self.plan.session_timeout, self.horizon
-        for skey in list(self.sessions):
-            group = self.sessions[skey]
-            keep = [s for s in group.sessions if max(s.last, self._last_window_end(s.first)) + timeout > horizon]
+        # A heap of (when a session may expire, its key) spares scanning every session at
+        # every advance; entries outlived by a merge or a later view are checked and dropped.
+        timeout, horizon, heap = self.plan.session_timeout, self.horizon, self._session_ends
+        while heap and heap[0][0] <= horizon:
+            _, skey = heapq.heappop(heap)
+            group = self.sessions.get(skey)
+            if group is None:
+                continue
+            keep = [s for s in group.sessions if self._session_end(s) + timeout > horizon]
             if len(keep) != len(group.sessions):
                 if keep:
                     group.sessions = keep
@@ -691,6 +707,9 @@ class PartitionAggregator:
                 else:
                     del self.sessions[skey]
                     self._drop(("s", *skey))
+
+    def _session_end(self, s: Session) -> int:
+        return max(s.last, self._last_window_end(s.first))
 
     def _last_window_end(self, ts: int) -> int:
         return max(ts - ts % step + size for size, step in self._windows)
@@ -757,9 +776,13 @@ class PartitionAggregator:
             _, wi, start, bi, group = parts
             self.settled.setdefault((wi, start), {})[(bi, tuple(group))] = Cell(array("d", value["v"]), value["m"])
         elif kind == "r":
-            self.reports[tuple(parts[1:])] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]),
-                                                    self._last_window_end(value["t"]))
+            key = tuple(parts[1:])
+            end = self._last_window_end(value["t"])
+            self.reports[key] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]))
+            heapq.heappush(self._report_ends.setdefault(parts[1], []), (end, key))
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]
             self.sessions[(campaign, sid)] = SessionGroup(sessions, value["m"])
+            for session in sessions:
+                heapq.heappush(self._session_ends, (self._session_end(session) + self.plan.session_timeout, (campaign, sid)))

@@ -228,7 +228,10 @@ class Plan:
     # -- vectors -----------------------------------------------------------------
 
     def new_vector(self) -> Vector:
-        return [sketch.new() if i in self.distinct_slots else 0.0 for i in range(self.size)]
+        out: Vector = [0.0] * self.size
+        for i in self._distinct_order:
+            out[i] = sketch.new()
+        return out
 
     def add(self, vector: Vector, event_type: str, data: dict[str, Any]) -> bool:
         """Add one event's contributions to a measure vector; True if it fed any measure."""

@@ -584,7 +584,10 @@ def test_the_columnar_path_adds_exactly_what_the_per_event_path_adds(raw: list[A
         for agg in (columnar, per_event):
             for ev in chunk:
                 agg.observe(ev[0], ev[3], None)
-        assert rows(columnar.advance(None) or []) == rows(per_event.advance(None) or [])
+        # Partials may come in another order (cells are created per breakdown, not per event);
+        # stage 2 sorts them by group.
+        assert sorted(rows(columnar.advance(None) or []), key=lambda r: r[:5]) == \
+            sorted(rows(per_event.advance(None) or []), key=lambda r: r[:5])
     assert _cells(columnar) == _cells(per_event)
 
 
