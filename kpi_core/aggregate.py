@@ -189,7 +189,7 @@ class _Columns:
                 else:
                     rows[id(c)] = row  # the same object is the same contribution (Plan.contribution caches count-only ones)
             matrix.append(row)
-        amounts = np.array(matrix, dtype=np.float64).reshape(n, len(slots))
+        amounts = np.array(matrix, dtype=np.float64).reshape(n, len(slots)).T.copy()  # a row per slot
         ts = np.array(self.ts, dtype=np.int64)
         src = np.array(self.src, dtype=np.int64)
         off = np.array(self.off, dtype=np.int64)
@@ -231,16 +231,18 @@ class _Columns:
                     touched.append(cell)
                     dirty.add(("c", wi, start, g[0], g[1]))
                 if slots:
-                    values = np.array([[c.v[i] for i in slots] for c in touched], dtype=np.float64)
-                    np.add.at(values, inverse, amounts[events])
-                    for c, row in zip(touched, values.tolist()):
-                        v = c.v
-                        for i, x in zip(slots, row):
-                            v[i] = x
-                marks = np.full((len(touched), len(sources)), -1, dtype=np.int64)
-                np.maximum.at(marks, (inverse, src[events]), off[events])
-                for c, si in zip(*np.nonzero(marks >= 0)):
-                    touched[c].m[sources[si]] = int(marks[c, si])
+                    # One contiguous row per slot: NumPy's fast 1-d ``add.at`` (10× the 2-d one).
+                    values = np.array([[c.v[i] for c in touched] for i in slots], dtype=np.float64)
+                    for j in range(len(slots)):
+                        np.add.at(values[j], inverse, amounts[j][events])
+                    for i, row in zip(slots, values.tolist()):
+                        for c, x in zip(touched, row):
+                            c.v[i] = x
+                width_s = len(sources)
+                marks = np.full(len(touched) * width_s, -1, dtype=np.int64)
+                np.maximum.at(marks, inverse * width_s + src[events], off[events])
+                for at in np.flatnonzero(marks >= 0).tolist():
+                    touched[at // width_s].m[sources[at % width_s]] = int(marks[at])
                 if distinct:
                     at = inverse.reshape(-1, k) if k > 1 else inverse.reshape(-1, 1)
                     for e, i, value in distinct:

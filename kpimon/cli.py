@@ -75,27 +75,25 @@ def worker(
     """Run a stream worker. Start more to share the partitions (same KPIMON_APP_ID)."""
     import faust
 
-    from alerts import build_delivery, from_env
+    from alerts import build_delivery
     from kpi_core.plan import Plan
     from kpimon.topics import ensure_topics
     from streams.app import Pipeline
     from streams.metrics import Metrics
-    from streams.settings import WorkerSettings
+    from streams.settings import Settings
     from streams.silences import SilenceWatcher
 
     cfg = _load(config)
-    env = _env()
     try:
-        settings = WorkerSettings.from_env(env)
-        slack = from_env(env)
+        settings = Settings.from_env(_env())
     except ConfigError as exc:
         err.print(f"[red]invalid settings:[/red] {exc}")
         raise typer.Exit(2) from None
-    ensure_topics(cfg, settings)
+    ensure_topics(cfg, settings.worker, security=settings.kafka)
     plan = Plan(cfg)
-    delivery = build_delivery(slack, default_channel=cfg.alerting.default_channel)
-    silences = SilenceWatcher(settings.bootstrap, cfg.topics.silences)
-    pipeline = Pipeline(plan, settings, delivery, Metrics(plan), silences)
+    delivery = build_delivery(settings.slack, default_channel=cfg.alerting.default_channel)
+    silences = SilenceWatcher(settings.worker.bootstrap, cfg.topics.silences, security=settings.kafka)
+    pipeline = Pipeline(plan, settings.worker, delivery, Metrics(plan), silences, security=settings.kafka)
     # Without redirect_stdouts=False, Faust re-logs the console alerts as WARNING lines.
     faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
 

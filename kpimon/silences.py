@@ -1,7 +1,7 @@
 """``kpimon silence``: mute alerts for a campaign, channel or KPI for a while (kafka-python).
 
-Silences live in a compacted topic (``kpimon-silences``, or ``$KPIMON_SILENCES_TOPIC``,
-or ``--topic``) with one partition, keyed by silence id, so the latest record per id is
+Silences live in a compacted topic (the config's ``topics.silences``, ``kpimon-silences`` by
+default: the commands take ``--config`` like the worker) with one partition, keyed by silence id, so the latest record per id is
 the silence and every worker folds the topic into the same ``SilenceSet``.
 
 Expiring writes a new version of the silence whose ``ends_at`` is now, not a
@@ -18,9 +18,10 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import orjson
 import typer
@@ -36,8 +37,6 @@ from streams.security import KafkaSecurity
 
 log = logging.getLogger("kpimon.silences")
 
-DEFAULT_TOPIC = "kpimon-silences"
-TOPIC_ENV = "KPIMON_SILENCES_TOPIC"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 CLIENT_ID = "kpimon-silences"
 CLI_TIMEOUT = 10.0  # seconds the commands wait for Kafka before giving up
@@ -48,11 +47,6 @@ class SilenceStoreError(KpimonError):
 
     Check that Kafka is up (``kpimon kafka status``) and that KAFKA_BOOTSTRAP_SERVERS points at it.
     """
-
-
-def silences_topic(env: Mapping[str, str] = os.environ) -> str:
-    """The silences topic: ``$KPIMON_SILENCES_TOPIC`` or ``kpimon-silences``."""
-    return env.get(TOPIC_ENV) or DEFAULT_TOPIC
 
 
 def default_bootstrap() -> str:
@@ -141,7 +135,7 @@ def _admin(bootstrap: str, timeout: float, security: KafkaSecurity | None) -> It
 
 def ensure_topic(
     bootstrap: str,
-    topic: str = DEFAULT_TOPIC,
+    topic: str,
     *,
     replication_factor: int = 1,
     timeout: float = 10.0,
@@ -174,7 +168,7 @@ def ensure_topic(
 
 
 def topic_partitions(
-    bootstrap: str, topic: str = DEFAULT_TOPIC, *, timeout: float = 10.0, security: KafkaSecurity | None = None
+    bootstrap: str, topic: str, *, timeout: float = 10.0, security: KafkaSecurity | None = None
 ) -> list[int]:
     """The topic's partition ids, or [] while it does not exist."""
     with _kafka(f"describe topic {topic}", bootstrap), _admin(bootstrap, timeout, security) as admin:
@@ -207,7 +201,7 @@ def _produce(
 
 def add_silence(
     bootstrap: str,
-    topic: str = DEFAULT_TOPIC,
+    topic: str,
     *,
     matchers: Mapping[str, str],
     duration_ms: int,
@@ -264,7 +258,7 @@ def expire_silence(
 
 
 def read_silences(
-    bootstrap: str, topic: str = DEFAULT_TOPIC, timeout: float = 10.0, *, security: KafkaSecurity | None = None
+    bootstrap: str, topic: str, timeout: float = 10.0, *, security: KafkaSecurity | None = None
 ) -> SilenceSet:
     """Read the topic from the beginning up to its end offsets as of now; a missing topic has no silences."""
     from kafka import KafkaConsumer, TopicPartition
@@ -318,9 +312,18 @@ silence_app = typer.Typer(
 _out = Console()
 _err = Console(stderr=True, soft_wrap=True)  # an error stays on one line, whole, for copying
 
-TopicOption = Annotated[
-    str, typer.Option("--topic", envvar=TOPIC_ENV, help="The compacted topic holding silences.")
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="kpimon.yaml, whose topics.silences holds the silences "
+                 "(default: ./kpimon.yaml if present, else the built-in)"),
 ]
+
+
+def _topic(config: Optional[Path]) -> str:
+    """The silences topic: the one the workers read, from the same kpimon.yaml."""
+    from kpimon.cli import _load  # the CLI's loader: a bad config prints its problems and exits 2
+
+    return _load(config).topics.silences
 
 
 @contextmanager
@@ -380,9 +383,10 @@ def add_command(
         list[str] | None, typer.Option("--match", help="DIM=VALUE on another breakdown dimension; repeatable.")
     ] = None,
     by: Annotated[str | None, typer.Option("--by", help="Who is silencing (default: $USER).")] = None,
-    topic: TopicOption = DEFAULT_TOPIC,
+    config: ConfigOption = None,
 ) -> None:
     """Silence alerts matching every given matcher, starting now."""
+    topic = _topic(config)
     with _errors():
         matchers = parse_matchers(campaign=campaign, channel=channel, kpi=kpi, match=match or ())
         duration_ms = parse_for(duration)
@@ -408,9 +412,10 @@ def add_command(
 def list_command(
     all_: Annotated[bool, typer.Option("--all", help="Include expired silences.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of a table.")] = False,
-    topic: TopicOption = DEFAULT_TOPIC,
+    config: ConfigOption = None,
 ) -> None:
     """Show the silences in force (and those yet to start); --all adds expired ones."""
+    topic = _topic(config)
     with _errors():
         silences = read_silences(default_bootstrap(), topic, CLI_TIMEOUT)
     at = now_ms()
@@ -445,9 +450,10 @@ def expire_command(
     purge: Annotated[
         bool, typer.Option("--purge", help="Delete it (a tombstone) instead of keeping it as expired.")
     ] = False,
-    topic: TopicOption = DEFAULT_TOPIC,
+    config: ConfigOption = None,
 ) -> None:
     """End a silence now; alerts it muted are delivered again from the next evaluation."""
+    topic = _topic(config)
     at = now_ms()
     with _errors():
         before = expire_silence(default_bootstrap(), topic, silence_id, purge=purge, now=at, timeout=CLI_TIMEOUT)

@@ -69,7 +69,7 @@ class Pipeline:
     """Wires kpi_core's stages to Faust topics and tables."""
 
     def __init__(self, plan: Plan, settings: WorkerSettings, delivery: Delivery, metrics: Metrics,
-                 silences: SilenceWatcher | None = None) -> None:
+                 silences: SilenceWatcher | None = None, *, security: KafkaSecurity) -> None:
         self.plan = plan
         self.settings = settings
         self.delivery = delivery
@@ -77,7 +77,6 @@ class Pipeline:
         self.silences = silences
         cfg = plan.config
         self.partitions = cfg.topics.partitions
-        security = KafkaSecurity.from_env()
         self.app = faust.App(
             settings.app_id,
             broker=";".join(f"kafka://{h}" for h in settings.bootstrap.split(",")),

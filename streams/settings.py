@@ -1,4 +1,10 @@
-"""Runtime settings that come from the environment, not from kpimon.yaml."""
+"""Runtime settings that come from the environment, not from kpimon.yaml.
+
+``Settings.from_env`` reads all of them once, at start: the worker's own (``WorkerSettings``),
+how to reach Kafka (``streams.security.KafkaSecurity``) and where alerts go
+(``alerts.settings.SlackSettings``). Every problem in any of them is reported at once, naming
+the variable; the parts are handed down, never read from the environment again.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from alerts.settings import SlackSettings
+from alerts.settings import from_env as slack_from_env
 from kpi_core.errors import ConfigError
+from streams.security import KafkaSecurity
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -58,3 +67,25 @@ class WorkerSettings:
 #: The worker's Faust tables (streams/app.py): stage 1, stage 2, the pre-stage-2 alert
 #: state (read on upgrade), and alert delivery.
 TABLES = ("stage1", "stage2", "incidents", "delivery")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the environment says, read once."""
+
+    worker: WorkerSettings
+    kafka: KafkaSecurity
+    slack: SlackSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        problems: list[tuple[str, str]] = []
+        parts: dict[str, object] = {}
+        for name, read in (("worker", WorkerSettings.from_env), ("kafka", KafkaSecurity.from_env), ("slack", slack_from_env)):
+            try:
+                parts[name] = read(env)
+            except ConfigError as exc:
+                problems += exc.problems
+        if problems:
+            raise ConfigError(problems)
+        return cls(**parts)  # type: ignore[arg-type]

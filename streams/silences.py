@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 
 from kpi_core.errors import KpimonError
 from kpi_core.silences import Silence, SilenceSet
-from kpimon.silences import CLIENT_ID, DEFAULT_TOPIC, SilenceStoreError, ensure_topic, topic_partitions
+from kpimon.silences import CLIENT_ID, SilenceStoreError, ensure_topic, topic_partitions
 from streams.security import KafkaSecurity
 
 log = logging.getLogger("kpimon.silences.watcher")
@@ -31,7 +31,7 @@ class SilenceWatcher:
     def __init__(
         self,
         bootstrap: str,
-        topic: str = DEFAULT_TOPIC,
+        topic: str,
         *,
         retry_after: float = 1.0,
         security: KafkaSecurity | None = None,

@@ -254,7 +254,7 @@ def test_worker_computes_kpis_over_sasl_ssl_and_never_logs_the_password(broker: 
         # `kpimon silence add` from the command line, over SASL_SSL, reaches the worker's watcher (aiokafka)
         cli = subprocess.run(
             [sys.executable, "-m", "kpimon.cli", "silence", "add", "--campaign", "beta", "--for", "1h", "--reason", "tls",
-             "--topic", config["topics"]["silences"]],
+             "--config", str(worker.config_path)],
             env={**worker.env}, cwd=ROOT, capture_output=True, text=True, timeout=60,
         )
         assert cli.returncode == 0, cli.stdout + cli.stderr

@@ -82,7 +82,7 @@ def test_incident_lifecycle_and_silence(kafka_bootstrap: str, slack: SlackAPISer
     try:
         silence = subprocess.run(
             [sys.executable, "-m", "kpimon.cli", "silence", "add", "--campaign", "quiet", "--for", "2h", "--reason", "planned test",
-             "--topic", f"{prefix}-silences"],
+             "--config", str(worker.config_path)],
             env=worker.env, cwd=ROOT, capture_output=True, text=True,
         )
         assert silence.returncode == 0, silence.stdout + silence.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,20 +15,24 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from typer.testing import CliRunner
 
 from kpi_core.silences import Silence, UnknownSilence
-from kpimon.silences import TOPIC_ENV, add_silence, ensure_topic, expire_silence, read_silences, silence_app
+from kpimon.silences import add_silence, ensure_topic, expire_silence, read_silences, silence_app
 from streams.silences import SilenceWatcher
+from tests.kpimon.test_silences import silences_config
 
 HOUR = 3_600_000
 
 
 @pytest.fixture
-def topic(unique_prefix: str) -> str:
-    return f"{unique_prefix}-silences"
+def topic(unique_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    # The topic comes from ./kpimon.yaml here, the file the workers of this directory read.
+    topic = f"{unique_prefix}-silences"
+    silences_config(tmp_path, topic)
+    monkeypatch.chdir(tmp_path)
+    return topic
 
 
 def _cli(bootstrap: str, topic: str, *args: str) -> str:
-    # The topic comes from $KPIMON_SILENCES_TOPIC here, as an operator would set it once.
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, TOPIC_ENV: topic, "COLUMNS": "200"}  # wide: no wrapped cells
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "COLUMNS": "200"}  # wide: no wrapped cells
     result = CliRunner().invoke(silence_app, list(args), env=env)
     assert result.exit_code == 0, result.output
     return result.output
@@ -87,7 +92,7 @@ def test_add_list_expire(kafka_bootstrap: str, topic: str) -> None:
 
 def test_expire_unknown_id(kafka_bootstrap: str, topic: str) -> None:
     result = CliRunner().invoke(
-        silence_app, ["expire", "nosuchid", "--topic", topic], env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+        silence_app, ["expire", "nosuchid", "--config", "kpimon.yaml"], env={"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     )
     assert result.exit_code == 1
     assert "no silence with id 'nosuchid'" in result.output

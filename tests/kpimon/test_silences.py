@@ -7,7 +7,11 @@ import pytest
 from typer.testing import CliRunner
 
 from kpi_core.silences import InvalidSilence
-from kpimon.silences import DEFAULT_TOPIC, TOPIC_ENV, parse_for, parse_matchers, silence_app, silences_topic
+from pathlib import Path
+
+import yaml
+
+from kpimon.silences import _topic, parse_for, parse_matchers, silence_app
 
 # Nothing listens here: a test that reached Kafka would fail with a connection error instead.
 NO_BROKER = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
@@ -84,9 +88,28 @@ def test_bad_duration_is_a_kpimon_error() -> None:
     assert info.value.reason == "bad_duration"
 
 
-def test_topic_from_env() -> None:
-    assert silences_topic({}) == DEFAULT_TOPIC
-    assert silences_topic({TOPIC_ENV: "team-a-silences"}) == "team-a-silences"
+def silences_config(tmp_path: Path, topic: str) -> Path:
+    """The built-in config with its silences topic renamed, as a team's kpimon.yaml would."""
+    raw = yaml.safe_load((Path(__file__).parents[2] / "kpi_core" / "default.yaml").read_text())
+    raw["topics"] = {"silences": topic}
+    path = tmp_path / "kpimon.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_topic_comes_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same file the workers read: one place names the topic, so the CLI and the
+    # workers cannot disagree about it.
+    assert _topic(silences_config(tmp_path, "team-a-silences")) == "team-a-silences"
+    monkeypatch.chdir(tmp_path / "..")  # no kpimon.yaml here: the built-in's topic
+    assert _topic(None) == "kpimon-silences"
+
+
+def test_a_bad_config_is_named_before_any_connection(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("topics: {silences: 42}\n")
+    result = CliRunner().invoke(silence_app, ["list", "--config", str(bad)], env=NO_BROKER)
+    assert result.exit_code == 2
 
 
 def test_unreachable_broker_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
