@@ -904,8 +904,8 @@ def main() -> None:
     ap.add_argument("--whatif-all", action="store_true", help="also try gzip compression (slower; see the docs)")
     ap.add_argument("--stage-timeout", type=float, default=240, help="seconds to wait for stages 1 and 2 to catch up")
     ap.add_argument("--throughput-idle-timeout", default="", help="idle_timeout of the throughput workers (default: 10s)")
-    ap.add_argument("--latency-rates", default="5000,1000",
-                    help="events/s of the latency runs; the first is the headline (default 5000,1000)")
+    ap.add_argument("--latency-rates", default="5000,20000",
+                    help="events/s of the latency runs; the first is the headline (default 5000,20000)")
     ap.add_argument("--latency-seconds", type=int, help="length of the first latency run (default 60; 30 quick)")
     ap.add_argument("--latency-low-seconds", type=int, help="length of the other latency runs (default 40; 30 quick)")
     ap.add_argument("--latency-campaigns", type=int, default=100)

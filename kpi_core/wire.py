@@ -18,8 +18,49 @@ from kpi_core.errors import InvalidEvent
 from kpi_core.plan import REVISION, Plan
 
 
+#: A bundle stays well under Kafka's default 1 MB request and message size. A burst of a few
+#: campaigns (a backlog caught up at once) would otherwise put a whole 10,000-event batch into
+#: one partition's bundle, which the producer refuses, and the router would retry it forever.
+MAX_BUNDLE_BYTES = 512 * 1024
+#: A window's partials for one stage-2 partition are one message (stage 2 takes a second message
+#: for the same window and source as a redelivery), so they may be large: ~400 bytes a group,
+#: ~40,000 groups of one window per partition. The partials topic and the producer allow it.
+MAX_PARTIALS_BYTES = 16 * 1024 * 1024
+
+
 def encode_events(watermarks: dict[str, int], backlog: list[str], events: list[list[Any]], sent_at: float) -> bytes:
     return orjson.dumps({"w": watermarks, "b": backlog, "t": sent_at, "e": events})
+
+
+def encode_bundles(before: dict[str, int], watermarks: dict[str, int], backlog: list[str], events: list[list[Any]],
+                   sent_at: float, limit: int = MAX_BUNDLE_BYTES) -> list[bytes]:
+    """One partition's events as bundles of at most ``limit`` bytes (a single event may be more), in order.
+
+    Only the last bundle reports the batch's progress (``watermarks``). The others report
+    ``before`` (the progress before the batch) with every source backlogged: stage 1 may
+    close windows between two bundles, and must not close any that a later bundle of
+    the same batch still adds to.
+    """
+    whole = encode_events(watermarks, backlog, events, sent_at)
+    if len(whole) <= limit or len(events) <= 1:
+        return [whole]
+    chunks = _split(events, len(whole), limit)
+    held = sorted(watermarks)
+    return [*(encode_events({s: before.get(s, -1) for s in watermarks}, held, chunk, sent_at) for chunk in chunks[:-1]),
+            encode_events(watermarks, backlog, chunks[-1], sent_at)]
+
+
+def _split(events: list[list[Any]], size: int, limit: int) -> list[list[list[Any]]]:
+    """Events in consecutive chunks that encode to about ``limit`` bytes or less each."""
+    per = max(1, int(len(events) * limit / size * 0.9))  # events are similar in size; 10% to spare
+    out: list[list[list[Any]]] = []
+    for i in range(0, len(events), per):
+        chunk = events[i : i + per]
+        if len(chunk) > 1 and len(orjson.dumps(chunk)) > limit:
+            out += _split(chunk, len(orjson.dumps(chunk)), limit)  # an unusually large stretch
+        else:
+            out.append(chunk)
+    return out
 
 
 def decode_events(raw: bytes) -> tuple[dict[str, int], set[str], float | None, list[list[Any]]]:

@@ -7,6 +7,7 @@ import logging
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from kpi_core import wire
 from kpi_core.config import Config
 from kpi_core.errors import KpimonError
 from streams.security import KafkaSecurity
@@ -42,7 +43,9 @@ def ensure_topics(config: Config, settings: WorkerSettings, *, security: KafkaSe
     try:
         existing = set(admin.list_topics())
         wanted = wanted_topics(config, settings)
-        missing = [NewTopic(name, n, 1) for name, n in wanted.items() if name not in existing]
+        # One window's partials for a stage-2 partition are one message, which may be large (wire.MAX_PARTIALS_BYTES).
+        big = {settings.partials_topic: {"max.message.bytes": str(wire.MAX_PARTIALS_BYTES)}}
+        missing = [NewTopic(name, n, 1, topic_configs=big.get(name, {})) for name, n in wanted.items() if name not in existing]
         # The tables' changelogs too, as Faust would make them (compacted). Left to Faust, two
         # workers starting at once can join the group while these are still missing from the
         # metadata and wait for recovery of partitions they were never assigned.

@@ -88,6 +88,7 @@ class Pipeline:
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
             producer_linger_ms=5,
+            producer_max_request_size=wire.MAX_PARTIALS_BYTES,  # one window's partials are one message
             table_standby_replicas=0,
             # A worker killed with -9 holds its partitions until its session times out;
             # 10 s (not Faust's 60 s) lets a restarted or surviving worker take over quickly.

@@ -120,6 +120,7 @@ class Router:
         counts: dict[str, int] = defaultdict(int)
         acks: list[Awaitable[Any]] = []
         progress, implied, partitions = self.progress, self.implied, self.partitions
+        before = dict(progress)
         horizon_ms = int(time.time() * 1000) + self.plan.config.max_future
         offsets: dict[TopicPartition, int] = {}
         for tp, msgs in records.items():
@@ -158,7 +159,7 @@ class Router:
             offsets[tp] = msgs[-1].offset + 1
         for etype, n in counts.items():
             self.metrics.events.labels(etype).inc(n)
-        acks += await self._send_bundles(buckets)
+        acks += await self._send_bundles(buckets, before)
         await asyncio.gather(*acks)
         try:
             await consumer.commit(offsets)
@@ -170,11 +171,13 @@ class Router:
         self.metrics.invalid.labels(exc.reason).inc()
         return await self.dead_letter(msg, exc)
 
-    async def _send_bundles(self, buckets: dict[int, list[list[Any]]]) -> list[Awaitable[Any]]:
+    async def _send_bundles(self, buckets: dict[int, list[list[Any]]], before: dict[str, int] | None = None) -> list[Awaitable[Any]]:
         """Send each stage-1 partition its events, with the progress of every source we read.
 
         Every assigned source is reported (-1 before it delivered anything), with
         whether it still has a backlog, so stage 1 can tell idle from merely unread.
+        A partition's events too many for one message go in several (``wire.encode_bundles``);
+        ``before`` is the progress they report until the last.
         """
         watermarks: dict[str, int] = {}
         backlog: list[str] = []
@@ -187,8 +190,9 @@ class Router:
         self.last_report = time.monotonic()
         # Stamped with the wall clock: stage 1 believes "no backlog" only while the report is fresh.
         sent_at = time.time() * 1000
-        return [await self.send_bundle(p, wire.encode_events(watermarks, backlog, buckets.get(p, []), sent_at))
-                for p in range(self.partitions)]
+        before = self.progress if before is None else before
+        return [await self.send_bundle(p, bundle) for p in range(self.partitions)
+                for bundle in wire.encode_bundles(before, watermarks, backlog, buckets.get(p, []), sent_at)]
 
     def _has_backlog(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> bool:
         """True while a source partition has messages we haven't read: it must not count as idle."""
