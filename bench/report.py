@@ -88,6 +88,7 @@ def render(r: dict[str, Any]) -> str:
     lines += _arrival(r.get("arrival"))
     lines += _baselines(r.get("baselines"))
     lines += _profile(r.get("throughput"))
+    lines += _replay(r.get("replay"))
     analysis = BENCH_DIR / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
@@ -163,6 +164,20 @@ def _summary(r: dict[str, Any]) -> list[str]:
         ["worker peak RSS, 10,000 active campaigns (a 2-minute real-time run)", f"< {TARGET_RSS_MB:,} MB",
          _n(rss, " MB"), _ok(None if rss is None else rss < TARGET_RSS_MB)],
     ]
+    pe = r.get("peers") or {}
+    q, kp = pe.get("quix") or {}, pe.get("kpimon") or {}
+    if q.get("rate_from_first") and kp.get("stage1_rate_from_first"):
+        x = kp["stage1_rate_from_first"] / q["rate_from_first"]
+        rows.append(["the same per-campaign KPIs ÷ Quix Streams (1b), into state", "≥ 5×", f"{x:.2f}×", _ok(x >= 5)])
+    fast = (lat.get("other_rates") or {}).get("20000") or (lat if lat.get("rate") == 20000 else {})
+    p99_fast = (fast.get("close_to_slack") or {}).get("p99_ms")
+    if fast:
+        rows.append(["window close → Slack, p99 at 20,000 events/s", f"< {TARGET_ALERT_P99_MS:,} ms", _n(p99_fast, " ms"),
+                     _ok(None if p99_fast is None else p99_fast < TARGET_ALERT_P99_MS)])
+    rp = r.get("replay") or {}
+    if rp.get("seconds"):
+        rows.append([f"`kpimon replay` of {_n(rp['events'])} events (2 h, {_n(rp.get('campaigns'))} campaigns, sessions; 7)",
+                     "< 10 s", f"{rp['seconds']} s", _ok(rp["seconds"] < 10)])
     proj = _projection(r)
     if proj is not None:
         rows.append(["the same after 30+ minutes, projected (kpi_core state plateau + the worker's idle RSS + its "
@@ -597,6 +612,35 @@ def _profile(t: dict[str, Any] | None) -> list[str]:
                                                   if "kpimon/cli.py" not in k][:15]),
         "",
     ]
+
+
+def _replay(rp: dict[str, Any] | None) -> list[str]:
+    if not rp or not rp.get("seconds"):
+        return []
+    out = [
+        "## 7. `kpimon replay` of 2 hours of events",
+        "",
+        f"`bench/replayfile.py` writes {_n(rp['events'])} simulated events spanning {_n(rp.get('span_s'))} s of event time "
+        f"over {_n(rp.get('campaigns'))} campaigns (impressions, clicks, page views with sessions, leads, orders, hourly "
+        "spend reports, surveys); `kpimon replay FILE --format jsonl` runs the full default catalogue over it, one process.",
+        "",
+        _table(["events", "wall time", "CPU time", "events/s", "snapshots and alerts out", "peak RSS"],
+               [[_n(rp["events"]), f"**{rp['seconds']} s**", f"{rp.get('cpu_seconds')} s", _n(rp.get("rate")),
+                 _n(rp.get("outputs")), _n(rp.get("rss_mb_max"), " MB")]]),
+        "",
+    ]
+    prof = rp.get("profile")
+    if prof:
+        out += [
+            f"Where the time goes (py-spy, {_n(prof.get('samples'))} samples of a second run; `bench/out/replay-profile.txt`):",
+            "",
+            _table(["kpimon function (file)", "total %"], [[f"`{k}`", v] for k, v in (prof.get("own_total") or [])
+                                                            if "kpimon/cli.py" not in k][:15]),
+            "",
+            _table(["function (file)", "self %"], [[f"`{k}`", v] for k, v in (prof.get("self") or [])[:12]]),
+            "",
+        ]
+    return out
 
 
 if __name__ == "__main__":

@@ -880,18 +880,50 @@ def phase_baselines(ctx: Ctx, results: dict[str, Any]) -> None:
                                     timeout=900, what="baselines")
 
 
+def phase_replay(ctx: Ctx, results: dict[str, Any]) -> None:
+    """``kpimon replay`` of ~2 hours of simulated events (1,000 campaigns, with sessions), timed and profiled."""
+    a = ctx.args
+    path = ctx.work / "replay.jsonl"
+    log(f"== replay: writing {a.replay_events:,} events over 2 h of event time ({a.campaigns} campaigns)")
+    res = results["replay"] = run_json([PY, str(BENCH_DIR / "replayfile.py"), "--out", str(path), "--events", str(a.replay_events),
+                                        "--campaigns", str(a.campaigns)], timeout=600, what="replay input")
+    cmd = [PY, "-m", "kpimon.cli", "replay", str(path), "--format", "jsonl"]
+    out = ctx.work / "replay.out"
+    with out.open("wb") as f:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=ctx.work, stdout=f, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        res["seconds"] = round(time.monotonic() - t0, 1)
+    if status != 0:
+        raise RuntimeError(f"kpimon replay exited with status {status}")
+    res["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)
+    res["rss_mb_max"] = round(usage.ru_maxrss / 1024)
+    res["outputs"] = sum(1 for _ in out.open("rb"))
+    res["rate"] = round(res["events"] / res["seconds"])
+    log(f"replay: {res['events']:,} events in {res['seconds']}s ({res['rate']:,}/s), {res['outputs']:,} snapshots and alerts, "
+        f"peak RSS {res['rss_mb_max']} MB")
+    exe = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
+    if exe and not a.no_profile:
+        raw = OUT / "replay-profile.txt"
+        subprocess.run([exe, "record", "-r", "50", "-f", "raw", "-o", str(raw), "--", *cmd], cwd=ctx.work,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800, check=False)
+        if raw.exists():
+            res["profile"] = summarize(raw, top=15)
+
+
 # -- main ---------------------------------------------------------------------------------
 
 PHASES = {"throughput": phase_throughput, "scaling": phase_scaling, "whatif": phase_whatif,
           "latency": phase_latency, "memory": phase_memory, "statemem": phase_statemem, "arrival": phase_arrival,
-          "baselines": phase_baselines, "peers": phase_peers}
+          "baselines": phase_baselines, "peers": phase_peers, "replay": phase_replay}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k events and shorter phases")
     ap.add_argument("--events", type=int, help="events to preload (default 1,000,000; 100,000 with --quick)")
-    ap.add_argument("--phases", default="throughput,peers,scaling,whatif,latency,memory,statemem,arrival,baselines")
+    ap.add_argument("--phases", default="throughput,peers,scaling,whatif,latency,memory,statemem,arrival,baselines,replay")
+    ap.add_argument("--replay-events", type=int, help="events of the replay phase (default 1,000,000; 200,000 with --quick)")
     ap.add_argument("--campaigns", type=int, default=1000, help="campaigns in the preloaded mix")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--no-compute", action="store_true", help="skip the kpi_core-alone measurement")
@@ -921,6 +953,7 @@ def main() -> None:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
     a = ap.parse_args()
     a.events = a.events or (100_000 if a.quick else 1_000_000)
+    a.replay_events = a.replay_events or (200_000 if a.quick else 1_000_000)
     a.profile_seconds = a.profile_seconds or (15 if a.quick else 30)
     a.worker_seconds = a.worker_seconds or (90 if a.quick else 150)
     a.scaling_seconds = a.scaling_seconds or (60 if a.quick else 120)

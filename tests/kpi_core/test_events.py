@@ -364,3 +364,48 @@ def test_a_malformed_marker_is_rejected_as_a_bad_timestamp(value: bytes | None) 
         marker([(MARKER_HEADER, value)])
     assert err.value.reason == "bad_timestamp"
     assert MARKER_HEADER in err.value.detail
+
+
+# -- the fast path (``_valid``) against the rule-by-rule one (``_checked``) -------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kpi_core.events import _checked  # noqa: E402
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 12), st.integers(MIN_TS_MS - 1, MIN_TS_MS + 1), st.just(MAX_TS_MS),
+    st.sampled_from([1e12, 1e13, 2**53, -1, -0.5, float("inf"), float("nan"), 10.0, 11]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(["", "lead", "mql", "x", "2024-05-01T12:00:00Z", "a" * 257]),
+    st.text(max_size=5), st.lists(st.integers(), max_size=2),
+)
+_fields = st.sampled_from(["type", "ts", "campaign", "channel", "cost", "visitor_id", "session_id", "page", "lead_id",
+                           "stage", "order_id", "revenue", "customer_id", "new_customer", "amount", "score", "new_visitor",
+                           "report_version", "event_id", "device", "x" * 257])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(base=st.sampled_from([
+    {"type": "impression", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s"},
+    {"type": "pageview", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s", "visitor_id": "v", "session_id": "s", "page": "/"},
+    {"type": "order", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s", "order_id": "o", "revenue": 5,
+     "customer_id": "u", "new_customer": True},
+    {"type": "spend", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s", "amount": 2.5, "report_version": 3},
+    {"type": "lead", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s", "lead_id": "l", "stage": "mql"},
+    {"type": "survey", "ts": MIN_TS_MS + 5, "campaign": "c", "channel": "s", "score": 9},
+]), changes=st.dictionaries(_fields, _values, max_size=3), drop=st.lists(_fields, max_size=2),
+       implied=st.sampled_from([None, None, "impression", "order"]))
+def test_the_fast_path_accepts_and_builds_exactly_what_the_rules_do(base: dict[str, Any], changes: dict[str, Any],
+                                                                     drop: list[str], implied: str | None) -> None:
+    obj = {**{k: v for k, v in base.items() if k not in drop}, **changes}
+    try:
+        expected: Event | str = _checked(obj, implied)
+    except InvalidEvent as exc:
+        expected = exc.reason
+    try:
+        got: Event | str = validate(obj, implied)
+    except InvalidEvent as exc:
+        got = exc.reason
+    assert got == expected
+    if isinstance(got, Event):
+        assert isinstance(expected, Event) and list(got.data) == list(expected.data)  # the same field order on the wire
