@@ -24,7 +24,6 @@ input agree: an event whose offset a cell has already absorbed is skipped.
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 from array import array
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from typing import Any, Iterable
 import numpy as np
 import orjson
 
-from kpi_core.plan import REVISION, SESSIONS, Plan, base_phase, is_complete
+from kpi_core.plan import EVENTS, REVISION, SESSIONS, Plan, base_phase, is_complete
 from kpi_core.state import Change, drain
 from kpi_core.windows import Watermark, window_starts
 
@@ -272,9 +271,11 @@ class PartitionAggregator:
         # source -> the highest mark of any cell restored from storage: cells may be stored
         # ahead of ``applied`` (a crash between them), so offsets up to it go one at a time.
         self._restored: dict[str, int] = {}
-        # Expiry heaps: (where a report's last window ends, its key) per type; (when a session may expire, its key).
-        self._report_ends: dict[str, list[tuple[int, tuple[Any, ...]]]] = {}
-        self._session_ends: list[tuple[int, tuple[str, str]]] = []
+        # What to check for expiry, bucketed by time so a sweep looks only at what may be due:
+        # per type, restated keys by where the report's last window ends (reports share a few
+        # ends); session keys by when a session may expire, rounded up to the windows' grain.
+        self._report_ends: dict[str, dict[int, list[tuple[Any, ...]]]] = {}
+        self._session_ends: dict[int, set[tuple[str, str]]] = {}
         self._dirty: set[tuple[Any, ...]] = set()  # state keys, as tuples: cheap on the hot path
         self._deleted: set[tuple[Any, ...]] = set()
         self._windows = [(w.size, w.step) for w in plan.windows]
@@ -503,7 +504,7 @@ class PartitionAggregator:
                         cells.append(cell)
                         self._dirty.add(("c", wi, start, g[0], g[1]))
         if old is None:
-            heapq.heappush(self._report_ends.setdefault(etype, []), (self._last_window_end(ts), key))
+            self._report_ends.setdefault(etype, {}).setdefault(self._last_window_end(ts), []).append(key)
         self.reports[key] = Report(version, ts, self.plan.report_values(etype, data))
         self._dirty.add(("r", *key))
         return cells
@@ -535,7 +536,7 @@ class PartitionAggregator:
                 keep.data = data  # the earliest page view is the landing page
             bisect.insort(keep.times, ts)
             session = keep
-        heapq.heappush(self._session_ends, (self._session_end(session) + timeout, skey))
+        self._session_due(session, skey)
         self._dirty.add(("s", *skey))
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
@@ -622,6 +623,13 @@ class PartitionAggregator:
                     # The end of a replay (FOREVER) has read everything: nothing is stale there.
                     stale = () if new[p] >= FOREVER else tuple(sorted(t for t in self.plan.waits.get(p, ()) if reported[t] < end))
                     out += self._emit(wi, start, p, stale)
+            if wi not in settles and EVENTS in new and old.get(EVENTS, NEVER) < end <= new[EVENTS]:
+                # Past its first pass, a window that does not wait for delayed data takes no more
+                # events (each would be late there), so its cells' marks are no longer asked:
+                # they go from memory (the stored cells keep theirs). Its cells stay for the
+                # sessions pass, a session timeout later: ~30 windows of them at a time.
+                for cell in self.cells.get((wi, start), {}).values():
+                    cell.m = {}
             if end <= (last if wi in settles else last_unsettled):
                 self._settle(wi, start, self.cells.pop((wi, start), {}))
         self._expire_sessions()
@@ -665,15 +673,14 @@ class PartitionAggregator:
 
     def _expire_reports(self, closed: int) -> None:
         # A report whose every window has had its last pass (and can no longer be revised)
-        # can no longer be replaced. Per type, a heap by where the report's last window ends.
+        # can no longer be replaced.
         revise = self.plan.revise_for
-        for etype, heap in self._report_ends.items():
+        for etype, ends in self._report_ends.items():
             until = min(closed, self.horizon - revise.get(etype, 0))
-            while heap and heap[0][0] <= until:
-                _, key = heapq.heappop(heap)
-                if key in self.reports:
-                    del self.reports[key]
-                    self._drop(("r", *key))
+            for end in sorted(e for e in ends if e <= until):
+                for key in ends.pop(end):
+                    if self.reports.pop(key, None) is not None:
+                        self._drop(("r", *key))
 
     def _add_sessions(self, wi: int, start: int, end: int) -> None:
         window = self.cells.setdefault((wi, start), {})
@@ -693,22 +700,28 @@ class PartitionAggregator:
         return [Partial(wi, start, phase, g[0], g[1], copy(c.v), stale) for g, c in self.cells.get((wi, start), {}).items()]
 
     def _expire_sessions(self) -> None:
-        # A heap of (when a session may expire, its key) spares scanning every session at
-        # every advance; entries outlived by a merge or a later view are checked and dropped.
-        timeout, horizon, heap = self.plan.session_timeout, self.horizon, self._session_ends
-        while heap and heap[0][0] <= horizon:
-            _, skey = heapq.heappop(heap)
-            group = self.sessions.get(skey)
-            if group is None:
-                continue
-            keep = [s for s in group.sessions if self._session_end(s) + timeout > horizon]
-            if len(keep) != len(group.sessions):
-                if keep:
-                    group.sessions = keep
-                    self._dirty.add(("s", *skey))
-                else:
-                    del self.sessions[skey]
-                    self._drop(("s", *skey))
+        # Only the buckets now due are looked at; a session found alive there (a later view
+        # moved its end) was filed again under its new end when that view came.
+        timeout, horizon = self.plan.session_timeout, self.horizon
+        for due in sorted(d for d in self._session_ends if d <= horizon):
+            for skey in self._session_ends.pop(due):
+                group = self.sessions.get(skey)
+                if group is None:
+                    continue
+                keep = [s for s in group.sessions if self._session_end(s) + timeout > horizon]
+                if len(keep) != len(group.sessions):
+                    if keep:
+                        group.sessions = keep
+                        self._dirty.add(("s", *skey))
+                    else:
+                        del self.sessions[skey]
+                        self._drop(("s", *skey))
+
+    def _session_due(self, session: Session, skey: tuple[str, str]) -> None:
+        """File a session under the first grain boundary at or after it may expire."""
+        at = self._session_end(session) + self.plan.session_timeout
+        due = -(-at // self._grain) * self._grain
+        self._session_ends.setdefault(due, set()).add(skey)
 
     def _session_end(self, s: Session) -> int:
         return max(s.last, self._last_window_end(s.first))
@@ -781,10 +794,10 @@ class PartitionAggregator:
             key = tuple(parts[1:])
             end = self._last_window_end(value["t"])
             self.reports[key] = Report(value["version"], value["t"], self.plan.report_values(parts[1], value["d"]))
-            heapq.heappush(self._report_ends.setdefault(parts[1], []), (end, key))
+            self._report_ends.setdefault(parts[1], {}).setdefault(end, []).append(key)
         else:
             _, campaign, sid = parts
             sessions = [Session(times, data) for times, data in value["s"]]
             self.sessions[(campaign, sid)] = SessionGroup(sessions, value["m"])
             for session in sessions:
-                heapq.heappush(self._session_ends, (self._session_end(session) + self.plan.session_timeout, (campaign, sid)))
+                self._session_due(session, (campaign, sid))
