@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -310,7 +311,16 @@ def demo(
             started_broker.down()
 
 
+#: Python's cyclic GC runs a young collection every 700 allocations and a full one when objects
+#: promoted since the last grow by a quarter. A batch of 10,000 events lives just long enough to
+#: be promoted, so with a large state (hundreds of thousands of cells) full collections kept
+#: traversing all of it: a sixth of ``kpimon replay``'s time and much of the router's in the
+#: worker's profile. Batches now die young; state has no reference cycles to find.
+GC_THRESHOLDS = (100_000, 50, 100)
+
+
 def main() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
     try:
