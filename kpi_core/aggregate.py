@@ -147,9 +147,6 @@ class _Columns:
         self.combo: list[int] = []
         self.contrib: list[Any] = []
 
-    def __len__(self) -> int:
-        return len(self.ts)
-
     def add(self, src: str, off: int, ts: int, groups: list[tuple[int, tuple[str, ...]]], contribution: Any) -> None:
         combo = self._combo_of.get(id(groups))
         if combo is None:
@@ -172,7 +169,7 @@ class _Columns:
         agg = self.agg
         plan, cells, dirty = agg.plan, agg.cells, agg._dirty
         # The sum slots this batch feeds, and each event's amounts in them (one row per event).
-        slots = sorted({i for c in {id(c): c for c in self.contrib}.values() for i, _ in c[0]})
+        slots = sorted({i for c in self.contrib for i, _ in c[0]})
         col = {i: j for j, i in enumerate(slots)}
         rows: dict[int, list[float]] = {}
         matrix = []
@@ -203,7 +200,8 @@ class _Columns:
             group_of.append(list(ids))
         for wi, (size, step) in enumerate(agg._windows):
             last = ts - ts % step
-            # Hopping windows: one (event, start) pair per window holding the event.
+            # Hopping windows: one (event, start) pair per window holding the event
+            # (windows.window_starts, for a whole column at once).
             k = size // step
             events = np.repeat(np.arange(n), k) if k > 1 else np.arange(n)
             starts = (np.repeat(last, k) + np.tile(np.arange(k) * step - size + step, n)) if k > 1 else last
@@ -287,7 +285,7 @@ class PartitionAggregator:
         """Absorb events into their windows; return the ones too late to count.
 
         Most events take the columnar path (``_Columns``): they are only collected here,
-        and their sums are added per cell at once by ``_flush``. The rest (restated and
+        and their sums are added per cell at once by ``_Columns.flush``. The rest (restated and
         revisable reports, late data, a replay of offsets stored before a crash) take
         the per-event path below, which flushes first wherever order could matter.
         """
