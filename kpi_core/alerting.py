@@ -27,7 +27,7 @@ import orjson
 from kpi_core.aggregate import NEVER
 from kpi_core.baseline import Expectation, Seasonal, local_hour_and_day
 from kpi_core.combine import ClosedWindow
-from kpi_core.config import Target
+from kpi_core.config import Target, driver_factors
 from kpi_core.incidents import AlertEvent, Contributor, Finding
 from kpi_core.plan import EVENTS, KpiPlan, Plan
 from kpi_core.results import Snapshot, breakdown_name
@@ -51,6 +51,45 @@ def wilson(successes: float, trials: float, confidence: float) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def score_p(successes: float, trials: float, line: float, direction: str) -> float | None:
+    """One-sided p-value of a proportion this far to the bad side of ``line``, were its true
+    rate on the line: the score test that the Wilson interval inverts (its interval at
+    confidence c lies wholly on the bad side exactly when this is below (1 − c) / 2)."""
+    if trials <= 0 or not 0 < line < 1:
+        return None
+    z = (successes / trials - line) / math.sqrt(line * (1 - line) / trials)
+    return _upper_tail(-z if direction == "higher" else z)
+
+
+def _upper_tail(z: float) -> float:
+    """P(Z ≥ z) for a standard normal, accurate far out in the tail (erfc, not 1 − cdf)."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def bh_qvalues(pvalues: list[float], m: int | None = None) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (q-values), in the input's order.
+
+    q_(i) = min over j ≥ i of m · p_(j) / j, for the p-values sorted ascending: a breach is
+    a discovery at level q exactly when the step-up procedure at q rejects it. ``m`` is the
+    family's size when more tests were run than are listed. Ties get the same q-value, so the
+    result does not depend on the order of the input.
+    """
+    m = len(pvalues) if m is None else m
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out = [1.0] * len(pvalues)
+    running = 1.0
+    for rank in range(len(order), 0, -1):
+        i = order[rank - 1]
+        running = min(running, m * pvalues[i] / rank)
+        out[i] = running
+    return out
+
+
+def _ratio(m: dict[str, float], num: str, den: str) -> float | None:
+    d = m.get(den, 0.0)
+    return m.get(num, 0.0) / d if d else None
+
+
 def is_proportion(plan: Plan, k: KpiPlan) -> bool:
     """A ratio of two plain counts over events, e.g. clicks / impressions."""
     if not k.kpi.ratio or k.kpi.scale != 1:
@@ -61,6 +100,26 @@ def is_proportion(plan: Plan, k: KpiPlan) -> bool:
 
 def _bad_side(value: float, line: float, direction: str) -> bool:
     return value < line if direction == "higher" else value > line
+
+
+EXPLAINS = 2 / 3  # a finer group accounting for this much of a wider one's shortfall is its root cause
+
+
+def _inside(narrow: Snapshot, wide: Snapshot) -> bool:
+    """``narrow`` is a strictly finer group within ``wide`` (campaign X on iOS within campaign X, or the total)."""
+    return (len(narrow.dims) > len(wide.dims) and set(wide.dims) <= set(narrow.dims)
+            and all(narrow.group[d] == wide.group[d] for d in wide.dims))
+
+
+def _shortfall(t: Test) -> float:
+    """How far a breach is to its bad side, weighted by volume: (reference − value) × denominator
+    for a higher-is-better KPI. Over the groups that partition a wider one it adds up to the wider
+    one's (a ratio's value × denominator is its numerator)."""
+    f = t.finding
+    if f is None or t.reference is None:
+        return 0.0
+    bad = t.reference - t.value if f.direction == "higher" else t.value - t.reference
+    return bad * t.den
 
 
 @dataclass(slots=True)
@@ -78,6 +137,29 @@ class Incident:
     # window can judge it again from there.
     before: dict[str, Any] | None = None
     z: float | None = None  # seasonal drift: the last window's z (two windows of evidence judge a sustained shift)
+    family: int = 0  # how many tests the last window's false-discovery control weighed this one with
+
+
+@dataclass(slots=True)
+class Test:
+    """One rule judged on one group in one window, before the window's tests are weighed together."""
+
+    kpi: str
+    ikey: tuple[Any, ...]  # (kpi, window index, breakdown index, group)
+    snap: Snapshot
+    rule: Target
+    value: float
+    num: float
+    den: float
+    lines: list[tuple[str, float]]
+    baseline: float | None
+    interval: tuple[float, float] | None
+    direction: str
+    finding: Finding | None  # None: inside every line (or, once weighed, not a discovery)
+    p: float | None  # one-sided p-value; None: a rule without statistics (outside false-discovery control)
+    reference: float | None  # what the breach is measured from: the baseline (drift) or the line
+    may_open: bool = True  # False: another group's incident stands for this breach
+    again: bool = False  # a revision judging the window again
 
 
 @dataclass(slots=True)
@@ -116,30 +198,56 @@ class AlertEngine:
         self.feeds: dict[str, Incident] = {}  # delayed event type -> its stale-feed incident
         self.feed_seq: dict[str, int] = {}  # delayed event type -> its thread's last sequence number
         self._dirty: set[tuple[Any, ...]] = set()
+        # KPI trees: per KPI, its factors (name, ±1, numerator, denominator), and the measures
+        # of each group's last healthy window, which an alert's drivers are measured from.
+        self.trees = {
+            name: [(f, sign, *cfg.kpis[f].ratio) for f, sign in driver_factors(k.kpi)]  # type: ignore[misc]
+            for name, (k, _) in self.rules.items() if k.kpi.drivers
+        }
+        self.tree_measures = {name: sorted({m for _, _, a, b in tree for m in (a, b)}) for name, tree in self.trees.items()}
+        self.references: dict[tuple[Any, ...], tuple[int, dict[str, float]]] = {}
+        self._kids: tuple[int, dict[tuple[Any, ...], list[Snapshot]]] | None = None
         nd = cfg.alerting.no_data
         self.no_data = nd
+        self._breakdown_set = set(plan.breakdowns)
         self._no_data_breakdowns = {i for i, b in enumerate(plan.breakdowns) if nd and list(b) in nd.breakdowns}
 
     # -- evaluation ------------------------------------------------------------
 
     def evaluate(self, wi: int, start: int, phase: str, snapshots: list[Snapshot]) -> list[AlertEvent]:
-        """All thread events caused by one closed window (of one phase) of this partition."""
-        changed: dict[tuple[Any, ...], dict[str, str]] = {}  # thread -> kpi -> what happened
-        contexts: dict[tuple[Any, ...], Snapshot] = {}
+        """All thread events caused by one closed window (of one phase) of this partition.
+
+        Every rule is tested on every group first; the tests are then weighed together
+        (false-discovery control, root causes) before any incident moves.
+        """
+        snapshots = self._ordered(snapshots)
+        tests = []
         for snap in snapshots:
             bi = self.plan.breakdowns.index(snap.dims)
             group = tuple(snap.group[d] for d in snap.dims)
-            tkey = (wi, bi, group)
-            for kpi, value in snap.kpis.items():
-                if kpi not in self.rules:
-                    continue
-                what = self._evaluate_kpi(kpi, wi, bi, group, snap, snapshots)
-                if what:
-                    changed.setdefault(tkey, {})[kpi] = what
-                    contexts[tkey] = snap
+            for kpi in snap.kpis:
+                if kpi in self.rules:
+                    t = self._test(kpi, wi, bi, group, snap)
+                    if t is not None:
+                        tests.append(t)
+        self._weigh(tests, snapshots)
+        changed: dict[tuple[Any, ...], dict[str, str]] = {}  # thread -> kpi -> what happened
+        contexts: dict[tuple[Any, ...], Snapshot] = {}
+        for t in tests:
+            what = self._conclude(t, snapshots)
+            if what:
+                tkey = t.ikey[1:]
+                changed.setdefault(tkey, {})[t.kpi] = what
+                contexts[tkey] = t.snap
         if phase == EVENTS and self.no_data:
             self._no_data(wi, start, snapshots, changed, contexts)
         return self._thread_events(changed, contexts)
+
+    def _ordered(self, snapshots: list[Snapshot]) -> list[Snapshot]:
+        # The same window judged whole (replay) or gathered from partitions (live) in any order
+        # weighs the same tests in the same order.
+        index = self.plan.breakdowns.index
+        return sorted(snapshots, key=lambda s: (index(s.dims), tuple(s.group[d] for d in s.dims)))
 
     def judge(self, closed: ClosedWindow) -> list[AlertEvent]:
         """Thread events caused by one closed window, or by a revision of one."""
@@ -160,15 +268,16 @@ class AlertEngine:
 
         A KPI a rule never judged in this window (it was provisional) is judged now; one whose
         last judged window this is, is judged again from the state before it; an older window
-        is history that later windows have judged since, and changes nothing.
+        is history that later windows have judged since, and changes nothing. The revised tests
+        are weighed in a family at least as large as the window's first one.
         """
-        changed: dict[tuple[Any, ...], dict[str, str]] = {}
-        contexts: dict[tuple[Any, ...], Snapshot] = {}
-        extra: dict[tuple[Any, ...], dict[str, Any]] = {}
+        snapshots = self._ordered(snapshots)
+        tests: list[Test] = []
+        again: dict[tuple[Any, ...], tuple[Incident, Snapshot]] = {}  # judged again: the incident as it was
+        least = 0
         for snap in snapshots:
             bi = self.plan.breakdowns.index(snap.dims)
             group = tuple(snap.group[d] for d in snap.dims)
-            tkey = (wi, bi, group)
             for kpi in snap.kpis:
                 if kpi not in self.rules:
                     continue
@@ -176,30 +285,40 @@ class AlertEngine:
                 inc = self.incidents.get(ikey)
                 if inc is not None and inc.evaluated > snap.start:
                     continue
-                if inc is None or inc.evaluated < snap.start:
-                    what = self._evaluate_kpi(kpi, wi, bi, group, snap, snapshots)
-                else:
-                    what = self._judge_again(ikey, inc, snap, snapshots)
-                if what:
-                    changed.setdefault(tkey, {})[kpi] = what
-                    contexts[tkey] = snap
-                    extra[tkey] = {"revision": snap.version, "revised": snap.revised}
+                if inc is not None and inc.evaluated == snap.start:
+                    if inc.before is None:
+                        continue  # judged before revisions existed: nothing to start from
+                    again[ikey] = (inc, snap)
+                    least = max(least, inc.family)
+                    self.incidents[ikey] = Incident(**inc.before)
+                t = self._test(kpi, wi, bi, group, snap, again=ikey in again)
+                if t is not None:
+                    tests.append(t)
+        self._weigh(tests, snapshots, least=least)
+        changed: dict[tuple[Any, ...], dict[str, str]] = {}
+        contexts: dict[tuple[Any, ...], Snapshot] = {}
+        extra: dict[tuple[Any, ...], dict[str, Any]] = {}
+        results = {t.ikey: self._conclude(t, snapshots) for t in tests}
+        for ikey in [*results, *(k for k in again if k not in results)]:
+            snap = again[ikey][1] if ikey in again else next(t.snap for t in tests if t.ikey == ikey)
+            what = self._compare(ikey, *again[ikey]) if ikey in again else results[ikey]
+            if what:
+                tkey = ikey[1:]
+                changed.setdefault(tkey, {})[ikey[0]] = what
+                contexts[tkey] = snap
+                extra[tkey] = {"revision": snap.version, "revised": snap.revised}
         return self._thread_events(changed, contexts, extra)
 
-    def _judge_again(self, ikey: tuple[Any, ...], inc: Incident, snap: Snapshot, batch: list[Snapshot]) -> str | None:
-        """Judge an incident's last window again, with its revised values, from the state before it."""
-        if inc.before is None:
-            return None  # judged before revisions existed: nothing to start from
+    def _compare(self, ikey: tuple[Any, ...], inc: Incident, snap: Snapshot) -> str | None:
+        """What judging an incident's last window again (from its state before) changed."""
         was_firing = inc.status == "firing"
-        self.incidents[ikey] = Incident(**inc.before)
-        kpi, wi, bi, group = ikey
-        self._evaluate_kpi(kpi, wi, bi, group, snap, batch, again=True)
         now = self.incidents[ikey]
+        assert inc.before is not None
         if was_firing and now.status != "firing":
             if inc.before["status"] == "firing":
                 return "resolved"  # opened earlier, and this window clears it
             # It would never have opened on these values: withdrawn, not resolved.
-            now.finding = {**(inc.finding or {}), "status": "withdrawn", "value": snap.kpis.get(kpi),
+            now.finding = {**(inc.finding or {}), "status": "withdrawn", "value": snap.kpis.get(ikey[0]),
                            "revised_from": (inc.finding or {}).get("value")}
             return "withdrawn"
         if not was_firing and now.status == "firing":
@@ -208,8 +327,8 @@ class AlertEngine:
             now.notified_at = inc.notified_at
         return None
 
-    def _evaluate_kpi(self, kpi: str, wi: int, bi: int, group: Group, snap: Snapshot, batch: list[Snapshot],
-                      *, again: bool = False) -> str | None:
+    def _test(self, kpi: str, wi: int, bi: int, group: Group, snap: Snapshot, *, again: bool = False) -> Test | None:
+        """One rule on one group: where the value stands against its lines, and how surprising that is."""
         k, target = self.rules[kpi]
         rule = target.rule_for(snap.group)
         value = snap.kpis[kpi]
@@ -232,8 +351,9 @@ class AlertEngine:
         if rule.value is not None:
             lines.append(("target", rule.value))
         seasonal = None
+        prev_z = inc.z
         if expectation is not None and value is not None:
-            seasonal = self._seasonal_breach(expectation, rule, value, direction, inc.z)
+            seasonal = self._seasonal_breach(expectation, rule, value, direction, prev_z)
             inc.z = expectation.z(value)
             if seasonal is not None:
                 lines.append(("drift", seasonal[0]))
@@ -242,9 +362,8 @@ class AlertEngine:
             lines.append(("drift", baseline * factor))
         if expectation is None:
             inc.z = None
-        interval = None
-        if rule.confidence and kpi in self.proportions and den > 0:
-            interval = wilson(num, den, rule.confidence)
+        proportion = kpi in self.proportions and den > 0
+        interval = wilson(num, den, rule.confidence) if rule.confidence and proportion else None
         breached = []
         for name, line in lines:
             if name == "drift" and seasonal is not None:
@@ -255,6 +374,22 @@ class AlertEngine:
             probe = (interval[1] if direction == "higher" else interval[0]) if interval else value
             if _bad_side(probe, line, direction):
                 breached.append((abs(value - line) / abs(line) if line else math.inf, name, line))
+        # The test's p-value: for a seasonal rule, the evidence its range judged; for a
+        # proportion with a confidence level, the score test (the one its Wilson interval
+        # inverts) against the line. A plain threshold carries no statistics: no p-value, and
+        # false-discovery control leaves it alone.
+        p = None
+        if expectation is not None and rule.drift is not None:
+            side = seasonal[1] if seasonal else direction
+            z = -inc.z if side == "higher" else inc.z  # spreads to the bad side (higher is better: below)
+            if direction not in ("higher", "lower") or rule.drift.sides == "both":
+                z = abs(inc.z)
+            if prev_z is not None and seasonal is not None and (prev_z > 0) == (inc.z > 0):
+                z = max(z, (abs(prev_z) + abs(inc.z)) / math.sqrt(2))  # a sustained shift: two windows of evidence
+            p = _upper_tail(z)
+        elif interval is not None and lines:
+            chosen = max(breached)[2] if breached else lines[0][1]
+            p = score_p(num, den, chosen, direction)
         finding = None
         if breached:
             size, rule_name, line = max(breached)
@@ -263,21 +398,84 @@ class AlertEngine:
                 kpi=kpi, rule=rule_name, severity=severity, value=value, threshold=line, target=rule.value,
                 baseline=baseline, direction=seasonal[1] if seasonal and rule_name == "drift" else direction, unit=k.kpi.unit, numerator=num, numerator_name=num_name,
                 denominator=den, denominator_name=den_name, interval=interval,
-                contributor=self._contributor(k, snap, batch, baseline if rule_name == "drift" else line),
             )
             if expectation is not None and rule.drift is not None:
                 z = expectation.z(value)
                 finding.expected = expectation.range(rule.drift.confidence)
-                finding.z, finding.p_value = z, Expectation.p_value(z)
+                finding.z, finding.p_value = z, p
                 finding.when = f"{expectation.hour:02d}:00 on {_DAYS[expectation.day]}"
-        what = self._step(ikey, inc, rule, finding, value, lines, snap, baseline, interval, direction)
+            elif p is not None:
+                finding.p_value = p
+        reference = (baseline if finding.rule == "drift" else finding.threshold) if finding else None
+        return Test(kpi, ikey, snap, rule, value, num, den, lines, baseline, interval, direction, finding, p, reference, again=again)
+
+    def _weigh(self, tests: list[Test], batch: list[Snapshot], *, least: int = 0) -> None:
+        """Judge a window's tests together: which breaches are discoveries (Benjamini–Hochberg
+        over the family's p-values), and which group each discovery's incident belongs to."""
+        fdr = self.plan.config.alerting.fdr
+        if fdr is not None:
+            families: dict[str, list[Test]] = {}
+            for t in tests:
+                if t.p is not None:
+                    families.setdefault("" if fdr.family == "global" else t.kpi, []).append(t)
+            for family in families.values():
+                m = max(len(family), least)
+                for t, q in zip(family, bh_qvalues([t.p for t in family], m)):  # type: ignore[misc]
+                    self.incidents[t.ikey].family = m
+                    if t.finding is not None:
+                        t.finding.q_value = q
+                        if q > fdr.q:
+                            t.finding = None  # not a discovery: as if inside its line
+        self._root_causes(tests)
+
+    def _conclude(self, t: Test, batch: list[Snapshot]) -> str | None:
+        """Move one incident on its weighed test; learn the window if it is healthy."""
+        kpi, wi, bi, group = t.ikey
+        k = self.rules[kpi][0]
+        inc = self.incidents[t.ikey]
+        if t.finding is not None:
+            t.finding.contributor = self._contributor(k, t.snap, batch, t.reference)
+            self._drivers(t)
+        what = self._step(t.ikey, inc, t.rule, t.finding, t.value, t.lines, t.snap, t.baseline, t.interval, t.direction, may_open=t.may_open)
         if inc.status == "ok":
             # Only healthy windows feed the baseline, or a lasting drop would become the new normal.
-            self._remember(kpi, wi, bi, group, rule, snap.start, num, den, value, again=again)
+            self._remember(kpi, wi, bi, group, t.rule, t.snap.start, t.num, t.den, t.value, again=t.again)
+            if kpi in self.trees:
+                self.references[t.ikey] = (t.snap.start, {m: t.snap.measures.get(m, 0.0) for m in self.tree_measures[kpi]})
+                self._dirty.add(("r", *t.ikey))
         return what
 
+    def _drivers(self, t: Test) -> None:
+        """The KPI tree's factors, from the group's last healthy window to this one: each one's
+        change and its part of the KPI's, by log change (the logs of a product add up exactly,
+        so the parts, shares of the change in proportion to them, add up to the change)."""
+        tree = self.trees.get(t.kpi)
+        ref = self.references.get(t.ikey)
+        if not tree or ref is None or t.finding is None:
+            return
+        since, before = ref
+        now = t.snap.measures
+        ratio = self.rules[t.kpi][0].kpi.ratio
+        assert ratio is not None
+        factors = [(name, sign, _ratio(before, num, den), _ratio(now, num, den)) for name, sign, num, den in tree]
+        whole = (_ratio(before, *ratio), _ratio(now, *ratio))
+        if any(not (a and b and a > 0 and b > 0) for _, _, a, b in [*factors, ("", 1, *whole)]):
+            return  # a factor undefined or zero in one of the windows: no log change to share out
+        assert whole[0] is not None and whole[1] is not None
+        change = whole[1] / whole[0] - 1
+        logs = [sign * math.log(b / a) for _, sign, a, b in factors]  # type: ignore[operator]
+        total = sum(logs)
+        parts = [change * x / total if total else 0.0 for x in logs]
+        t.finding.change, t.finding.reference = change, since
+        t.finding.drivers = sorted(
+            ({"kpi": name, "inverse": sign < 0, "change": b / a - 1, "part": part}  # type: ignore[operator]
+             for (name, sign, a, b), part in zip(factors, parts)),
+            key=lambda d: -abs(d["part"]),
+        )
+
     def _step(self, ikey: tuple[Any, ...], inc: Incident, rule: Target, finding: Finding | None, value: float,
-              lines: list[tuple[str, float]], snap: Snapshot, baseline: float | None, interval: Any, direction: str) -> str | None:
+              lines: list[tuple[str, float]], snap: Snapshot, baseline: float | None, interval: Any, direction: str,
+              *, may_open: bool = True) -> str | None:
         """Advance one incident's state machine; return what changed ("opened", "escalated", ...)."""
         what = None
         if inc.status == "firing":
@@ -301,7 +499,8 @@ class AlertEngine:
             inc.streak += 1
             cooling = inc.resolved_at is not None and snap.end - inc.resolved_at < rule.cooldown
             inc.finding = asdict(finding)
-            if inc.streak >= rule.for_windows and not cooling:
+            # may_open False: another group's incident stands for this breach (root_causes).
+            if inc.streak >= rule.for_windows and not cooling and may_open:
                 inc.status, inc.severity, inc.notified_at = "firing", finding.severity, snap.start
                 what = "opened"
             else:
@@ -464,13 +663,9 @@ class AlertEngine:
         """The sub-group (one dimension finer) that pulled the KPI furthest to its bad side."""
         if ref is None:
             return None
-        parent = set(snap.dims)
         _, _, parent_den, _ = k.volume(snap.measures, snap.previous)
         best: Contributor | None = None
-        for sub in batch:
-            extra = set(sub.dims) - parent
-            if len(extra) != 1 or not parent <= set(sub.dims) or any(sub.group[d] != snap.group[d] for d in parent):
-                continue
+        for dim, sub in self._children(batch).get((snap.dims, tuple(snap.group[d] for d in snap.dims)), ()):
             value = sub.kpis.get(k.name)
             if value is None:
                 continue
@@ -478,9 +673,80 @@ class AlertEngine:
             bad = (ref - value) if k.kpi.direction == "higher" else (value - ref)
             impact = bad * den
             if impact > 0 and (best is None or impact > best.impact):
-                dim = extra.pop()
                 best = Contributor(dim, sub.group[dim], value, den / parent_den if parent_den else 0.0, impact)
         return best
+
+    def _children(self, batch: list[Snapshot]) -> dict[tuple[Any, ...], list[tuple[str, Snapshot]]]:
+        """The window's groups by their parents one dimension coarser: (dims, group) -> [(the extra dim, snapshot)]."""
+        if self._kids is not None and self._kids[0] == id(batch):
+            return self._kids[1]
+        kids: dict[tuple[Any, ...], list[tuple[str, Snapshot]]] = {}
+        for sub in batch:
+            for dim in sub.dims:
+                parent = tuple(d for d in sub.dims if d != dim)
+                if parent in self._breakdown_set:
+                    kids.setdefault((parent, tuple(sub.group[d] for d in parent)), []).append((dim, sub))
+        self._kids = (id(batch), kids)
+        return kids
+
+    # -- root causes -------------------------------------------------------------
+
+    def _root_causes(self, tests: list[Test]) -> None:
+        """One incident per root cause, among a window's discoveries of each KPI.
+
+        A breach explained by a finer breaching group (one that accounts for at least
+        ``EXPLAINS`` of its distance from its line or baseline: campaign X on iOS for campaign
+        X, the channel and the total) opens no incident of its own: it is noted on that group's
+        (the most specific one, following the chain). A breach inside a wider breach that no
+        finer group explains (the campaign dropped on every device) belongs to the widest such;
+        so does one inside a group whose incident is already firing. Distances are
+        denominator-weighted (value − reference) × volume, which add up over a partition of a
+        group, so "share" is the part of the parent's shortfall the group accounts for.
+        """
+        by_kpi: dict[tuple[str, int], list[Test]] = {}
+        for t in tests:
+            if t.finding is not None:
+                by_kpi.setdefault((t.kpi, t.ikey[1]), []).append(t)
+        firing = None
+        for (kpi, wi), found in by_kpi.items():
+            explained: dict[int, tuple[Test, float]] = {}
+            for wide in found:
+                best = None
+                for narrow in found:
+                    if narrow is wide or not _inside(narrow.snap, wide.snap):
+                        continue
+                    share = _shortfall(narrow) / _shortfall(wide) if _shortfall(wide) > 0 else 0.0
+                    if share >= EXPLAINS and (best is None or (share, len(narrow.snap.dims)) > (best[1], len(best[0].snap.dims))):
+                        best = (narrow, share)
+                if best is not None:
+                    explained[id(wide)] = best
+            roots = [t for t in found if id(t) not in explained]
+            if firing is None:
+                firing = [(key, self.plan.breakdowns[key[2]]) for key, inc in self.incidents.items() if inc.status == "firing"]
+            for t in found:
+                owner, seen = t, {id(t)}
+                while id(owner) in explained and id(explained[id(owner)][0]) not in seen:
+                    owner = explained[id(owner)][0]
+                    seen.add(id(owner))
+                wider = [r for r in roots if r is not owner and _inside(owner.snap, r.snap)]
+                if wider:
+                    owner = min(wider, key=lambda r: (len(r.snap.dims), r.ikey))
+                if owner is t:
+                    if self.incidents[t.ikey].status != "firing" and any(
+                        key[0] == kpi and key[1] == wi and len(dims) < len(t.snap.dims) and set(dims) <= set(t.snap.dims)
+                        and all(t.snap.group[d] == v for d, v in zip(dims, key[3]))
+                        for key, dims in firing
+                    ):
+                        t.may_open = False  # a wider group's incident is already open for it
+                    continue
+                t.may_open = False
+                assert owner.finding is not None
+                wide = not _inside(t.snap, owner.snap)
+                share = (_shortfall(owner) / _shortfall(t) if wide else _shortfall(t) / _shortfall(owner)) if min(_shortfall(owner), _shortfall(t)) > 0 else 0.0
+                owner.finding.explains = [*(owner.finding.explains or []), {
+                    "breakdown": breakdown_name(t.snap.dims), "group": dict(t.snap.group), "value": t.value,
+                    "share": min(share, 1.0), "wider": wide,
+                }]
 
     def _route(self, group: dict[str, str], kpis: list[str]) -> tuple[str | None, str | None]:
         for route in self.plan.config.alerting.routes:
@@ -611,6 +877,9 @@ class AlertEngine:
             return self.seasonal[rest].to_json()
         if kind == "f":
             return {"incident": asdict(self.feeds[rest[0]]), "seq": self.feed_seq[rest[0]]}
+        if kind == "r":
+            start, measures = self.references[rest]
+            return {"start": start, "measures": measures}
         return self.active[rest]
 
     def load(self, key: str, value: Any) -> None:
@@ -628,6 +897,9 @@ class AlertEngine:
         elif kind == "s":
             kpi, wi, bi, group = parts[1:]
             self.seasonal[(kpi, wi, bi, tuple(group))] = Seasonal.from_json(value)
+        elif kind == "r":
+            kpi, wi, bi, group = parts[1:]
+            self.references[(kpi, wi, bi, tuple(group))] = (value["start"], value["measures"])
         elif kind == "f":
             self.feeds[parts[1]] = Incident(**value["incident"])
             self.feed_seq[parts[1]] = value["seq"]

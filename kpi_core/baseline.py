@@ -77,7 +77,7 @@ class Expectation:
     @staticmethod
     def p_value(z: float) -> float:
         """One-sided: the chance of a value at least this far on this side, if nothing changed."""
-        return 1 - _NORMAL.cdf(abs(z))
+        return 0.5 * math.erfc(abs(z) / math.sqrt(2))  # 1 - cdf loses the far tail to rounding
 
 
 @dataclass(slots=True)

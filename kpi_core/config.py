@@ -133,6 +133,9 @@ class Kpi(_Model):
     unit: Literal["ratio", "percent", "currency", "seconds", "count"] = "ratio"
     format: str | None = None  # a Python format spec such as ".1%"; default by unit
     enabled: bool = True
+    # A KPI tree: ratio KPIs whose product is this one ("/name" divides), e.g. roas:
+    # [click_to_order, aov, /cost_per_click]. An alert then says which of them moved it.
+    drivers: list[str] | None = None
 
     @model_validator(mode="after")
     def _kind(self) -> Kpi:
@@ -265,6 +268,17 @@ class NoData(_Model):
     breakdowns: list[list[str]] = [["campaign"]]
 
 
+class Fdr(_Model):
+    """False-discovery-rate control: the breaches of one window are judged together
+    (Benjamini–Hochberg), so that of the incidents opened, on average at most ``q`` are false.
+    ``family``: one correction over every rule of the window (``global``) or one per rule."""
+
+    q: float = Field(default=0.1, gt=0, lt=1)
+    family: Literal["global", "rule"] = "global"
+
+    _percent = field_validator("q", mode="before")(lambda v: _parse_number(v))
+
+
 class Alerting(_Model):
     """Where alerts go and what they link to."""
 
@@ -273,6 +287,7 @@ class Alerting(_Model):
     grafana_url: str | None = None  # base URL of the KPI dashboard, for links in messages
     no_data: NoData | None = None
     timezone: str = "UTC"  # where "this hour on Tuesdays" is reckoned (seasonal baselines; DST-safe)
+    fdr: Fdr | None = Fdr()  # null: every breach may open an incident on its own evidence
 
     @field_validator("timezone")
     @classmethod
@@ -284,6 +299,31 @@ class Alerting(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as Europe/Berlin") from None
         return value
+
+
+def driver_factors(kpi: Kpi) -> list[tuple[str, int]]:
+    """A KPI tree's factors as (KPI name, exponent ±1), from ``drivers``."""
+    return [(d[1:], -1) if d.startswith("/") else (d, 1) for d in kpi.drivers or ()]
+
+
+def _check_drivers(name: str, k: Kpi, kpis: dict[str, Kpi]) -> list[tuple[str, str]]:
+    """A tree must multiply out to its KPI: the measures cancel to the KPI's own ratio."""
+    if not k.drivers:
+        return []
+    path = f"kpis.{name}.drivers"
+    if not k.ratio:
+        return [(path, "only a ratio KPI has drivers (its value is a product of other ratios)")]
+    powers: dict[str, int] = {k.ratio[0]: -1, k.ratio[1]: 1}
+    for i, (factor, sign) in enumerate(driver_factors(k)):
+        f = kpis.get(factor)
+        if f is None or not f.ratio:
+            return [(f"{path}[{i}]", f"{factor!r} is not a ratio KPI; expected one of {', '.join(n for n, x in kpis.items() if x.ratio and n != name)}")]
+        powers[f.ratio[0]] = powers.get(f.ratio[0], 0) + sign
+        powers[f.ratio[1]] = powers.get(f.ratio[1], 0) - sign
+    left = {m: p for m, p in powers.items() if p}
+    if left:
+        return [(path, f"the factors do not multiply out to {k.ratio[0]} / {k.ratio[1]}: {', '.join(f'{m}^{p:+d}' for m, p in sorted(left.items()))} left over")]
+    return []
 
 
 def _parse_number(value: Any) -> Any:
@@ -403,6 +443,8 @@ class Config(_Model):
                     if ref not in self.measures:
                         where = f"kpis.{name}.{field_name}" + (f"[{i}]" if not isinstance(value, str) else "")
                         problems.append((where, f"unknown measure {ref!r}; expected one of {', '.join(sorted(self.measures))}"))
+        for name, k in self.kpis.items():
+            problems += _check_drivers(name, k, self.kpis)
         for name, t in self.targets.items():
             if t.drift and t.drift.baseline == "week":
                 for w in self.windows:

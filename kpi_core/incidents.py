@@ -57,6 +57,19 @@ class Finding:
     z: float | None = None
     p_value: float | None = None
     when: str | None = None  # e.g. "09:00 on Tuesdays"
+    # False-discovery control (alerting.fdr): the Benjamini–Hochberg adjusted p-value, i.e. the
+    # smallest q at which this breach is still a discovery among the window's tests.
+    q_value: float | None = None
+    # One incident per root cause: breaches of other groups this incident stands for, each
+    # {"breakdown", "group", "value", "share", "wider"}: a wider group (its campaign, channel or
+    # the total) and the share of its change this group explains, or a finer one inside this.
+    explains: list[dict[str, Any]] | None = None
+    # KPI tree (kpis.<name>.drivers): the change since the reference window (the group's last
+    # healthy one, starting at ``reference``), and each factor's change and part of it
+    # ({"kpi", "inverse", "change", "part"}; the parts add up to ``change``), largest first.
+    change: float | None = None
+    reference: int | None = None
+    drivers: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Finding:

@@ -91,7 +91,7 @@ def test_every_catalogue_kpi_is_reported_and_zero_denominators_are_missing(tmp_p
     kpis = _kpis(_replay(_write(tmp_path, events)))
     from kpi_core.config import load
 
-    assert set(kpis) == set(load().kpis)
+    assert set(kpis) == set(load().enabled_kpis())
     assert kpis["ctr"] == 1.0
     assert kpis["cpm"] == 2000.0  # cost 2 / 1 impression x 1000
     assert kpis["bounce_rate"] == 1.0  # four one-page sessions
@@ -139,6 +139,9 @@ def test_historical_events_keep_their_windows_and_alerts_show(tmp_path: Path) ->
         "baseline": None, "direction": "higher", "unit": "percent", "numerator": 1.0, "numerator_name": "clicks",
         "denominator": 100.0, "denominator_name": "impressions", "interval": None, "contributor": None, "status": "firing",
         "revised_from": None, "expected": None, "z": None, "p_value": None, "when": None,
+        # A plain target has no p-value, so no q-value; the total is this campaign (one root cause).
+        "q_value": None, "change": None, "reference": None, "drivers": None,
+        "explains": [{"breakdown": "total", "group": {}, "value": 0.01, "share": 1.0, "wider": True}],
     }
 
 
