@@ -178,12 +178,36 @@ def _finding_facts(f: Finding, event: AlertEvent) -> tuple[str, str, str, list[s
         if c.kpi_value is not None:
             about.append(f"{f.kpi} {format_value(c.kpi_value, f.unit)}")
         details.append(f"driven by {c.dimension}={c.value} ({', '.join(about)})")
+    if f.status == "firing":
+        details += _weighed(f)
     if f.rule == "stale":
         details.append(f"rule: {_RULES['stale']} · reported up to {iso(event.start)}, fast streams at {iso(event.end)}")
         return icon, _escape(_name(f)), _escape(_verdict(f)), [_escape(d) for d in details]
     window = f"{event.window} {iso(event.start)}–{iso(event.end)}"
     details.append(f"rule: {_RULES.get(f.rule, f.rule)} · window {window}")
     return icon, _escape(_name(f)), _escape(_verdict(f)), [_escape(d) for d in details]
+
+
+def _weighed(f: Finding) -> list[str]:
+    """What judging the window as a whole added: the KPI tree's drivers, the wider breaches this
+    incident stands for, and the false-discovery q-value."""
+    out = []
+    if f.drivers and f.change is not None:
+        since = f" since {iso(f.reference)[11:16]}" if f.reference is not None else ""
+        parts = []
+        for i, d in enumerate(f.drivers):
+            most = i == 0 and f.change and d["part"] / f.change >= 0.5
+            parts.append(f"{d['kpi']} {d['change']:+.1%}" + (" (most of it)" if most else ""))
+        out.append(f"{f.kpi} {f.change:+.1%}{since}: {', '.join(parts)}")
+    for e in f.explains or ():
+        where = _group_label(tuple(e["group"]), e["group"])
+        if e["wider"]:
+            out.append(f"explains {e['share']:.0%} of the change of {where} (no incident of its own)")
+        else:
+            out.append(f"includes {where}, {e['share']:.0%} of this change")
+    if f.q_value is not None:
+        out.append(f"q = {f.q_value:.2g}: the false-discovery rate at which this breach is still a discovery")
+    return out
 
 
 def _name(f: Finding) -> str:

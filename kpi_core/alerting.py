@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from functools import lru_cache
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
 from statistics import NormalDist
@@ -41,9 +42,14 @@ STALE = "stale"  # a delayed source (config.arrival) further behind the fast str
 Group = tuple[str, ...]
 
 
+@lru_cache(maxsize=64)
+def _two_sided_z(confidence: float) -> float:
+    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+
+
 def wilson(successes: float, trials: float, confidence: float) -> tuple[float, float]:
     """The Wilson score interval of a proportion: honest with small counts, unlike p ± z·se."""
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    z = _two_sided_z(confidence)
     p = successes / trials
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom

@@ -236,6 +236,8 @@ class Target(_Model):
 
     def rule_for(self, group: dict[str, str]) -> Target:
         """The rule for one breakdown value: the first exact match, then globs, then the default."""
+        if not self.overrides:
+            return self
         fields = next((pats[group[d]] for d, pats in self.overrides.items() if group.get(d) in pats), None)
         if fields is None:
             fields = next(

@@ -14,6 +14,7 @@ alerting group's KPI against the baseline's expected range, with its alerts and 
 from __future__ import annotations
 
 import itertools
+from functools import lru_cache
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -36,6 +37,11 @@ WEEK = 7 * 86_400_000
 def _ms(value: Any) -> int:
     if isinstance(value, (int, float)):
         return int(value)
+    return _iso_ms(str(value))
+
+
+@lru_cache(maxsize=4096)  # every group of a window has the same start
+def _iso_ms(value: str) -> int:
     return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
 
 
@@ -103,8 +109,8 @@ def is_snapshot_file(path: Path) -> bool:
     return isinstance(first, dict) and "measures" in first and "window" in first
 
 
-def _snapshot_windows(plan: Plan, path: Path) -> Iterator[tuple[int, int, list[Snapshot]]]:
-    """The file's snapshot records as closed windows, in time order (the file must be in it)."""
+def _snapshot_windows(plan: Plan, records: Iterable[dict[str, Any]]) -> Iterator[tuple[int, int, list[Snapshot]]]:
+    """Snapshot records as closed windows, in time order (the records must be in it)."""
     names = {w.name: i for i, w in enumerate(plan.windows)}
     breakdowns = {breakdown_name(tuple(b)): tuple(b) for b in plan.breakdowns}
 
@@ -117,21 +123,28 @@ def _snapshot_windows(plan: Plan, path: Path) -> Iterator[tuple[int, int, list[S
         return wi, start, Snapshot(raw["window"], start, start + plan.windows[wi].size, dims, dict(raw["group"]), EVENTS,
                                    measures, plan.kpi_values(measures, EVENTS))
 
-    parsed = (s for s in map(snapshot, _records(path)) if s is not None)
+    parsed = (s for s in map(snapshot, records) if s is not None)
     for (wi, start), batch in itertools.groupby(parsed, key=lambda x: (x[0], x[1])):
         yield wi, start, [s for _, _, s in batch]
 
 
 def judge(plan: Plan, path: Path, *, series_for: set[str] | None = None) -> Outcome:
     """Every incident opening the config's rules give on the history in ``path``."""
-    engine = AlertEngine(plan)
     if is_snapshot_file(path):
-        outputs: Iterable[Snapshot | AlertEvent] = _judge_snapshots(plan, engine, path)
-    else:
-        from kpimon.producer import read_events
-        from kpimon.replay import routed  # the replay reader: the same validation
+        return judge_records(plan, _records(path), series_for=series_for)
+    from kpimon.producer import read_events
+    from kpimon.replay import routed  # the replay reader: the same validation
 
-        outputs = run_all(plan, routed(plan, read_events(path), {}))
+    return _outcome(AlertEngine(plan), run_all(plan, routed(plan, read_events(path), {})), series_for)
+
+
+def judge_records(plan: Plan, records: Iterable[dict[str, Any]], *, series_for: set[str] | None = None) -> Outcome:
+    """Every incident opening the config's rules give on ``kpi-snapshots`` records, in time order."""
+    engine = AlertEngine(plan)
+    return _outcome(engine, _judge_snapshots(plan, engine, records), series_for)
+
+
+def _outcome(engine: AlertEngine, outputs: Iterable[Snapshot | AlertEvent], series_for: set[str] | None) -> Outcome:
     firing: dict[str, set[str]] = defaultdict(set)  # thread -> KPIs firing
     alerts: list[Alert] = []
     series: dict[tuple[str, tuple[tuple[str, str], ...]], Series] = {}
@@ -159,8 +172,8 @@ def judge(plan: Plan, path: Path, *, series_for: set[str] | None = None) -> Outc
     return Outcome(alerts, len(starts), len(groups), (last - first) if first is not None and last is not None else 0, series)
 
 
-def _judge_snapshots(plan: Plan, engine: AlertEngine, path: Path) -> Iterator[Snapshot | AlertEvent]:
-    for wi, start, snaps in _snapshot_windows(plan, path):
+def _judge_snapshots(plan: Plan, engine: AlertEngine, records: Iterable[dict[str, Any]]) -> Iterator[Snapshot | AlertEvent]:
+    for wi, start, snaps in _snapshot_windows(plan, records):
         # Charts ask the engine for the range it used: before it learns this window.
         yield from snaps
         yield from engine.evaluate(wi, start, EVENTS, snaps)
@@ -193,6 +206,49 @@ def score(outcome: Outcome, labels: list[Label] | None) -> dict[str, dict[str, A
                 delays_ms={shape: ds for shape, ds in sorted(delays.items())},
             )
         out[kpi] = row
+    return out
+
+
+def without_fdr(plan: Plan) -> Plan:
+    """The same config with false-discovery control off: every breach judged on its own evidence."""
+    cfg = plan.config
+    return Plan(cfg.model_copy(update={"alerting": cfg.alerting.model_copy(update={"fdr": None})}))
+
+
+def _related(a: tuple[tuple[str, str], ...], b: tuple[tuple[str, str], ...]) -> bool:
+    """One group lies within the other (campaign X and campaign X on iOS; the total and anything)."""
+    da, db = dict(a), dict(b)
+    return (da.items() <= db.items()) or (db.items() <= da.items())
+
+
+def discoveries(outcome: Outcome, labels: list[Label] | None, window_ms: int, *, within: int = 2) -> dict[str, Any]:
+    """False-discovery figures: how many windows hold any incident opening, how many openings
+    are false (outside every label), and with labels, how many were caught within ``within``
+    windows of their start by exactly one incident, on their own group.
+
+    An opening belongs to a label when it is of the label's KPI, on its group or one within or
+    around it, and starts before the label ends (plus ``within`` windows).
+    """
+    alerts = outcome.alerts
+    out: dict[str, Any] = {
+        "windows": outcome.windows,
+        "windows_with_alert": len({a.start for a in alerts}),
+        "incidents": len(alerts),
+    }
+    out["share_of_windows_with_alert"] = out["windows_with_alert"] / max(outcome.windows, 1)
+    if labels is None:
+        out["false_incidents"] = len(alerts)
+        return out
+    caught, single, owned = 0, 0, set()
+    for lb in labels:
+        mine = [a for a in alerts if a.kpi == lb.kpi and _related(a.group, lb.group) and lb.start <= a.start < lb.end + within * window_ms]
+        owned.update(id(a) for a in mine)
+        if any(a.group == lb.group and a.start < lb.start + within * window_ms for a in mine):
+            caught += 1
+        if len(mine) == 1 and mine[0].group == lb.group:
+            single += 1
+    out.update(labelled=len(labels), detected=caught, recall=caught / len(labels) if labels else None,
+               one_incident_each=single, false_incidents=sum(id(a) not in owned for a in alerts))
     return out
 
 

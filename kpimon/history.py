@@ -130,3 +130,94 @@ def _draw(rng: random.Random, n: int, p: float) -> int:
     """Successes of n trials at rate p: the binomial by its normal approximation (n is large here)."""
     mean = n * p
     return max(0, min(n, round(rng.gauss(mean, math.sqrt(max(mean * (1 - p), 1e-9))))))
+
+
+# -- many campaigns, no rhythm, drops in chosen segments -------------------------------------
+#
+# For false-discovery control and root causes (README, "Alerts at scale"): every campaign's true
+# CTR and conversion rate sit exactly on one target for the whole history, so any alert outside
+# an injected drop is false. Each campaign runs in one channel and splits its traffic over
+# devices; a drop lowers one rate in one (campaign, device) segment. Records cover every level a
+# root cause is judged at: the segment, campaign, channel, device and the total. The segment's
+# breakdown names the campaign's channel too ([campaign, channel, device]): the alert engine knows
+# a group lies within another by its dimensions, so that is what lets a channel's breach fold into
+# the segment that explains it.
+
+DEVICES = ("ios", "android", "desktop")
+CHANNELS = ("paid_search", "paid_social", "display", "email")
+SEGMENT_BREAKDOWNS = (("campaign", "channel", "device"), ("campaign",), ("channel",), ("device",), ())
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """One injected drop: ``kpi`` (ctr or conversion_rate) × ``factor`` in one segment, [start, end)."""
+
+    campaign: str
+    channel: str
+    device: str
+    kpi: str
+    start: int
+    end: int
+    factor: float
+
+    @property
+    def group(self) -> dict[str, str]:
+        return {"campaign": self.campaign, "channel": self.channel, "device": self.device}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "kpi": self.kpi, "shape": "drop",
+                "start": self.start, "end": self.end, "factor": self.factor}
+
+
+def segment_drops(campaigns: int, hours: int, count: int, seed: int, *, kpi: str = "ctr", factor: tuple[float, float] = (0.5, 0.7),
+                  length: int = 6, warmup: int = 24) -> list[Drop]:
+    """``count`` drops of ``length`` hours in distinct campaigns, each to ``factor`` (a 30-50% drop by default)."""
+    rng = random.Random(seed * 104_729 + 7)
+    chosen = rng.sample(range(campaigns), count)
+    out = []
+    for c in chosen:
+        h = rng.randrange(warmup, hours - length)
+        out.append(Drop(_campaign(c), CHANNELS[c % len(CHANNELS)], rng.choice(DEVICES), kpi, START + h * HOUR, START + (h + length) * HOUR,
+                        round(rng.uniform(*factor), 3)))
+    return sorted(out, key=lambda d: (d.start, d.campaign))
+
+
+def segment_rows(campaigns: int, hours: int, seed: int, drops: list[Drop] = (), *,  # type: ignore[assignment]
+                 ctr: float = 0.05, cvr: float = 0.04, volume: tuple[float, float] = (20_000, 60_000)) -> Iterator[dict[str, Any]]:
+    """Hourly ``kpi-snapshots`` records (impressions, clicks, orders) at every level of SEGMENT_BREAKDOWNS, in time order."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [_campaign(i) for i in range(campaigns)]
+    channel = np.array([i % len(CHANNELS) for i in range(campaigns)])
+    size = rng.uniform(*volume, size=campaigns)
+    mix = rng.dirichlet([6.0] * len(DEVICES), size=campaigns)  # each campaign's device split
+    where = {(d.campaign, d.device): d for d in drops}
+    index = {n: i for i, n in enumerate(names)}
+    for h in range(hours):
+        start = START + h * HOUR
+        impressions = rng.poisson(size[:, None] * mix)
+        rate = {"ctr": np.full(impressions.shape, ctr), "conversion_rate": np.full(impressions.shape, cvr)}
+        for (c, dev), d in where.items():
+            if d.start <= start < d.end:
+                rate[d.kpi][index[c], DEVICES.index(dev)] *= d.factor
+        clicks = rng.binomial(impressions, rate["ctr"])
+        orders = rng.binomial(clicks, rate["conversion_rate"])
+        cells = {"impressions": impressions, "clicks": clicks, "orders": orders}
+
+        def record(dims: tuple[str, ...], values: tuple[str, ...], m: dict[str, Any]) -> dict[str, Any]:
+            return {"key": "|".join(["1h", str(start), "events", ",".join(dims) or "total", *values]), "version": 1,
+                    "window": "1h", "start": iso(start), "end": iso(start + HOUR), "breakdown": ",".join(dims) or "total",
+                    "group": dict(zip(dims, values)), "phase": "events", "measures": {k: float(v) for k, v in m.items()}, "kpis": {}}
+
+        for i, name in enumerate(names):
+            for j, dev in enumerate(DEVICES):
+                yield record(SEGMENT_BREAKDOWNS[0], (name, CHANNELS[channel[i]], dev), {k: v[i, j] for k, v in cells.items()})
+        per_campaign = {k: v.sum(axis=1) for k, v in cells.items()}
+        for i, name in enumerate(names):
+            yield record(("campaign",), (name,), {k: v[i] for k, v in per_campaign.items()})
+        for ci, ch in enumerate(CHANNELS):
+            yield record(("channel",), (ch,), {k: v[channel == ci].sum() for k, v in per_campaign.items()})
+        for j, dev in enumerate(DEVICES):
+            yield record(("device",), (dev,), {k: v[:, j].sum() for k, v in cells.items()})
+        yield record((), (), {k: v.sum() for k, v in cells.items()})
