@@ -216,6 +216,9 @@ class AlertEngine:
         nd = cfg.alerting.no_data
         self.no_data = nd
         self._breakdown_set = set(plan.breakdowns)
+        #: The measures judging reads (what the judge's hand-over keeps of a snapshot).
+        self.reads = {m for k, _ in self.rules.values() for m in k.kpi.refs()} | {m for ms in self.tree_measures.values() for m in ms}
+        self.reads |= set(nd.measures) if nd else set()
         self._no_data_breakdowns = {i for i, b in enumerate(plan.breakdowns) if nd and list(b) in nd.breakdowns}
 
     # -- evaluation ------------------------------------------------------------

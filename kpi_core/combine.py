@@ -110,6 +110,11 @@ class Combiner:
         self._dirty: set[tuple[Any, ...]] = set()
         self._deleted: set[tuple[Any, ...]] = set()
 
+    def lowest(self) -> dict[str, int]:
+        """Per pass, the lowest horizon over all stage-1 partitions (empty until all reported):
+        every window phase that ended by it has been finalized."""
+        return self._lowest()
+
     def _lowest(self) -> dict[str, int]:
         """Per pass, the lowest horizon over all stage-1 partitions (NEVER until all reported)."""
         if len(self.horizons) < self.n_sources:

@@ -29,8 +29,9 @@ import orjson
 from kpi_core import wire
 from kpi_core.aggregate import PartitionAggregator
 from kpi_core.alerting import AlertEngine
-from kpi_core.combine import Combiner
+from kpi_core.combine import ClosedWindow, Combiner
 from kpi_core.incidents import AlertEvent
+from kpi_core.judge import Judge, from_row, snapshot_row
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot
 from kpi_core.routing import combine_partition
@@ -132,31 +133,68 @@ class Stage1:
 
 
 class Stage2:
-    """One ``<app>-partials`` partition: combine partials, publish snapshots, judge alerts."""
+    """One ``<app>-partials`` partition: combine partials, publish snapshots; hand closed windows
+    to the judge (partition 0, kpi_core/judge.py), which weighs each whole window and writes alerts."""
 
-    def __init__(self, plan: Plan, partition: int, sources: int) -> None:
+    def __init__(self, plan: Plan, partition: int, sources: int, partitions: int | None = None) -> None:
         self.plan = plan
         self.partition = partition
         self.combiner = Combiner(plan, sources=sources)
         self.engine = AlertEngine(plan)
+        # Stage 2 has as many partitions as stage 1 (topics.partitions).
+        self.judge = Judge(plan, self.engine, sources=partitions or sources) if partition == 0 else None
+        self._closed: list[ClosedWindow] = []
+        self._handed: tuple[Any, ...] | None = None  # the window ends last handed to the judge
+        self._reads = (frozenset(self.engine.reads), frozenset(self.engine.rules))
         self._fx = Effects()
 
     # Namespaces in the stage-2 table. "" : combiner keys stored before namespaces existed.
     def loaders(self) -> dict[str, Any]:
-        return {"c": self.combiner.load, "a": self.engine.load, "": self.combiner.load}
+        out = {"c": self.combiner.load, "a": self.engine.load, "": self.combiner.load}
+        if self.judge is not None:
+            out["j"] = self.judge.load
+        return out
 
     def absorb(self, raw: bytes) -> None:
-        """Apply one partials message; snapshots and outbox records wait for ``finish``."""
-        source, horizon, partials, at = wire.decode_partials(self.plan, raw)
+        """Apply one partials-topic message; snapshots and outbox records wait for ``finish``."""
+        kind, body = wire.decode_stage2(self.plan, raw)
+        if kind == "judgement":
+            assert self.judge is not None, "judgements go to stage-2 partition 0"
+            source, horizons, windows = body
+            closed = [ClosedWindow(wi, start, phase, [from_row(r) for r in rows], revision) for wi, start, phase, revision, rows in windows]
+            self._outbox(self.judge.receive(source, horizons, closed))
+            return
+        source, horizon, partials, at = body
         self.combiner.receive(source, horizon, partials, at)
         fx = self._fx
         for closed in self.combiner.finalize_windows():
             for snap in closed.snapshots:
                 fx.sends.append(Send(SNAPSHOTS, orjson.dumps(snap.to_json()), key=snap.key.encode()))
                 fx.snapshots.append(snap)
-            self._outbox(self.engine.judge(closed))
+            self._closed.append(closed)
         if self.partition == 0:  # every partition sees the same progress: one judges the feeds
             self._outbox(self.engine.check_feeds(*self.combiner.reported()))
+
+    def _hand_over(self) -> None:
+        """Closed windows and horizons to the judge: at once in partition 0, over Kafka from the others.
+
+        Sent when windows closed, or when the horizons passed a window end (another partition's
+        window may wait for this one's word that it has nothing for it).
+        """
+        lowest = self.combiner.lowest()
+        if not lowest:
+            return
+        ends = tuple(sorted((p, wi, (h - w.size) // (w.step or w.size)) for p, h in lowest.items() for wi, w in enumerate(self.plan.windows)))
+        if not self._closed and ends == self._handed:
+            return
+        closed, self._closed = self._closed, []
+        self._handed = ends
+        if self.judge is not None:
+            self._outbox(self.judge.receive(self.partition, lowest, closed))
+            return
+        measures, kpis = self._reads
+        rows = [[c.window, c.start, c.phase, c.revision, [snapshot_row(s, measures, kpis) for s in c.snapshots]] for c in closed]
+        self._fx.sends.append(Send(PARTIALS, wire.encode_judgement(self.partition, lowest, rows), partition=0))
 
     def _outbox(self, alerts: Iterable[AlertEvent]) -> None:
         # The outbox: an alert is on Kafka before anyone tries to deliver it.
@@ -167,12 +205,16 @@ class Stage2:
     def finish(self, position: int | None) -> Effects:
         """What the absorbed messages must make happen.
 
-        The engine's state goes before the combiner's: if a crash cuts the step after it, the
-        window is finalized again and the engine, which remembers it evaluated it, skips it.
-        A crash after the outbox records re-evaluates to the same events (same sequence numbers),
-        which delivery skips as duplicates.
+        The engine's state goes before the judge's and the combiner's: if a crash cuts the step
+        after it, the window is finalized and judged again and the engine, which remembers it
+        evaluated it, skips it. A crash after the outbox records re-evaluates to the same events
+        (same sequence numbers), which delivery skips as duplicates.
         """
+        self._hand_over()
         fx, self._fx = self._fx, Effects()
-        fx.writes += [("a", self.engine.changes()), ("c", self.combiner.changes())]
+        fx.writes.append(("a", self.engine.changes()))
+        if self.judge is not None:
+            fx.writes.append(("j", self.judge.changes()))
+        fx.writes.append(("c", self.combiner.changes()))
         fx.position = position
         return fx

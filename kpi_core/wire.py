@@ -75,9 +75,26 @@ def encode_partials(plan: Plan, source: int, horizon: dict[str, int], partials: 
     return orjson.dumps({"src": source, "h": horizon, "at": at, "p": rows})
 
 
+def encode_judgement(source: int, horizons: dict[str, int], windows: list[list[Any]]) -> bytes:
+    """A stage-2 partition's closed windows for the judge (kpi_core/judge.py), on the partials topic:
+    ``windows`` are [window, start, phase, revision, [snapshot rows]]."""
+    return orjson.dumps({"judge": source, "h": horizons, "w": windows})
+
+
+def decode_stage2(plan: Plan, raw: bytes) -> tuple[str, Any]:
+    """A partials-topic message: ("partials", decode_partials's tuple) or ("judgement", (source, horizons, windows))."""
+    obj = orjson.loads(raw)
+    if "judge" in obj:
+        return "judgement", (obj["judge"], obj["h"], obj["w"])
+    return "partials", _partials(plan, obj)
+
+
 def decode_partials(plan: Plan, raw: bytes) -> tuple[int, dict[str, int] | int, list[Partial], int]:
     """(stage-1 partition, its horizons, partials, its input position when it sent them)."""
-    obj = orjson.loads(raw)
+    return _partials(plan, orjson.loads(raw))
+
+
+def _partials(plan: Plan, obj: dict[str, Any]) -> tuple[int, dict[str, int] | int, list[Partial], int]:
     return obj["src"], obj["h"], [Partial(w, s, ph, b, tuple(g), v if ph == REVISION else plan.decode(v), tuple(rest[0]) if rest else ())
                                   for w, s, ph, b, g, v, *rest in obj["p"]], obj.get("at", 0)
 

@@ -179,10 +179,24 @@ def history(
     campaigns: int = typer.Option(200, help="number of campaigns"),
     weeks: int = typer.Option(8, help="weeks of hourly history"),
     seed: int = typer.Option(1, help="random seed"),
+    segments: bool = typer.Option(False, "--segments", help="no rhythm, every campaign on target, on three devices, "
+                                  "with CTR drops in chosen (campaign, device) segments: for false-discovery control"),
+    hours: Optional[int] = typer.Option(None, help="--segments: hours of history (default: --weeks)"),
+    drops: int = typer.Option(30, help="--segments: how many segment drops to inject"),
 ) -> None:
     """Simulate hourly KPI history with daily and weekly rhythm, noise and labelled anomalies (for backtest)."""
     from kpimon import history as hist
 
+    if segments:
+        span = hours or weeks * 168
+        cuts = hist.segment_drops(campaigns, span, drops, seed)
+        with out_file.open("wb") as f:
+            for row in hist.segment_rows(campaigns, span, seed, cuts):
+                f.write(orjson.dumps(row) + b"\n")
+        labels.write_bytes(b"".join(orjson.dumps(d.to_json()) + b"\n" for d in cuts))
+        out.print(f"{span} hours of {campaigns:,} campaigns in {out_file} (breakdowns "
+                  f"{', '.join(','.join(b) or 'total' for b in hist.SEGMENT_BREAKDOWNS)}); {len(cuts)} drops in {labels}")
+        return
     marks = hist.anomalies(campaigns, weeks, seed)
     with out_file.open("wb") as f:
         for row in hist.rows(campaigns, weeks, seed, marks):
@@ -220,6 +234,12 @@ def backtest(
                "charts": [str(p) for p in written]}
     if marks is not None:
         summary["false_per_10_group_weeks"] = bt.false_per_10_group_weeks(outcome, scores)
+    fdr = plan.config.alerting.fdr
+    size = plan.windows[0].step or plan.windows[0].size
+    summary["discovery"] = {"q": fdr.q if fdr else None, "family": fdr.family if fdr else None,
+                            "with_fdr" if fdr else "without_fdr": bt.discoveries(outcome, marks, size)}
+    if fdr is not None:  # what the same rules would have sent without the control
+        summary["discovery"]["without_fdr"] = bt.discoveries(bt.judge(bt.without_fdr(plan), file), marks, size)
     if fmt == "json":
         out.print_json(orjson.dumps(summary).decode())
         return
@@ -234,6 +254,15 @@ def backtest(
     out.print(table)
     if marks is not None:
         out.print(f"false incidents per 10 group-weeks: {summary['false_per_10_group_weeks']:.2f}")
+    for name, label in (("with_fdr", f"with FDR control (q = {fdr.q if fdr else ''}, {fdr.family if fdr else ''})"), ("without_fdr", "without FDR control")):
+        d = summary["discovery"].get(name)
+        if d is None:
+            continue
+        line = (f"{label}: windows with any alert {d['windows_with_alert']} of {d['windows']} ({d['share_of_windows_with_alert']:.1%}), "
+                f"incidents {d['incidents']:,}, false {d['false_incidents']:,}")
+        if "labelled" in d:
+            line += f"; labels caught within 2 windows {d['detected']} of {d['labelled']}, as one incident on their group {d['one_incident_each']}"
+        out.print(line)
     for p in written:
         out.print(f"chart: {p}")
 
