@@ -121,10 +121,10 @@ def _shortfall(t: Test) -> float:
     """How far a breach is to its bad side, weighted by volume: (reference − value) × denominator
     for a higher-is-better KPI. Over the groups that partition a wider one it adds up to the wider
     one's (a ratio's value × denominator is its numerator)."""
-    f = t.finding
+    f = t.breach
     if f is None or t.reference is None:
         return 0.0
-    bad = t.reference - t.value if f.direction == "higher" else t.value - t.reference
+    bad = t.reference - t.value if f.direction == "higher" else t.value - t.reference  # type: ignore[operator]
     return bad * t.den
 
 
@@ -164,6 +164,7 @@ class Test:
     finding: Finding | None  # None: inside every line (or, once weighed, not a discovery)
     p: float | None  # one-sided p-value; None: a rule without statistics (outside false-discovery control)
     reference: float | None  # what the breach is measured from: the baseline (drift) or the line
+    breach: Finding | None = None  # the finding before false-discovery control
     may_open: bool = True  # False: another group's incident stands for this breach
     again: bool = False  # a revision judging the window again
 
@@ -216,6 +217,8 @@ class AlertEngine:
         nd = cfg.alerting.no_data
         self.no_data = nd
         self._breakdown_set = set(plan.breakdowns)
+        # Per breakdown, the coarser breakdowns whose groups contain its groups.
+        self._coarser = {b: [c for c in plan.breakdowns if len(c) < len(b) and set(c) <= set(b)] for b in plan.breakdowns}
         #: The measures judging reads (what the judge's hand-over keeps of a snapshot).
         self.reads = {m for k, _ in self.rules.values() for m in k.kpi.refs()} | {m for ms in self.tree_measures.values() for m in ms}
         self.reads |= set(nd.measures) if nd else set()
@@ -421,6 +424,8 @@ class AlertEngine:
     def _weigh(self, tests: list[Test], batch: list[Snapshot], *, least: int = 0) -> None:
         """Judge a window's tests together: which breaches are discoveries (Benjamini–Hochberg
         over the family's p-values), and which group each discovery's incident belongs to."""
+        for t in tests:
+            t.breach = t.finding
         fdr = self.plan.config.alerting.fdr
         if fdr is not None:
             families: dict[str, list[Test]] = {}
@@ -703,41 +708,58 @@ class AlertEngine:
     def _root_causes(self, tests: list[Test]) -> None:
         """One incident per root cause, among a window's discoveries of each KPI.
 
-        A breach explained by a finer breaching group (one that accounts for at least
-        ``EXPLAINS`` of its distance from its line or baseline: campaign X on iOS for campaign
-        X, the channel and the total) opens no incident of its own: it is noted on that group's
-        (the most specific one, following the chain). A breach inside a wider breach that no
-        finer group explains (the campaign dropped on every device) belongs to the widest such;
-        so does one inside a group whose incident is already firing. Distances are
-        denominator-weighted (value − reference) × volume, which add up over a partition of a
-        group, so "share" is the part of the parent's shortfall the group accounts for.
+        A discovery explained by a finer group that breaches its own line and accounts for at
+        least ``EXPLAINS`` of its shortfall (campaign X on iOS for campaign X, the channel and the
+        total) opens no incident of its own: the finest group down that chain does, with the
+        wider breaches listed in its message. The finer group need not be a discovery itself:
+        the wider discovery is the evidence, the finer group is where it lies. A breach inside
+        a wider discovery that no finer group explains (the campaign dropped on every device)
+        belongs to the widest such; so does one inside a group whose incident is already
+        firing. Shortfalls are (reference − value) × volume, which add up over the groups that
+        partition a wider one, so "share" is the part of its shortfall a group accounts for.
         """
-        by_kpi: dict[tuple[str, int], list[Test]] = {}
+        breaching: dict[tuple[str, int], dict[tuple[Any, ...], Test]] = {}
         for t in tests:
-            if t.finding is not None:
-                by_kpi.setdefault((t.kpi, t.ikey[1]), []).append(t)
+            if t.breach is not None:
+                breaching.setdefault((t.kpi, t.ikey[1]), {})[(t.snap.dims, t.ikey[3])] = t
         firing = None
-        for (kpi, wi), found in by_kpi.items():
+        for (kpi, wi), by_group in breaching.items():
+            found = [t for t in by_group.values() if t.finding is not None]
+            if not found:
+                continue
+            # Each breach's best explainer among the breaches inside it (looked up by the wider
+            # groups a breach lies in: its breakdown's coarser breakdowns).
+            inside: dict[int, list[Test]] = {}
+            for narrow in by_group.values():
+                for dims in self._coarser[narrow.snap.dims]:
+                    wide = by_group.get((dims, tuple(narrow.snap.group[d] for d in dims)))
+                    if wide is not None:
+                        inside.setdefault(id(wide), []).append(narrow)
             explained: dict[int, tuple[Test, float]] = {}
-            for wide in found:
-                best = None
-                for narrow in found:
-                    if narrow is wide or not _inside(narrow.snap, wide.snap):
-                        continue
-                    share = _shortfall(narrow) / _shortfall(wide) if _shortfall(wide) > 0 else 0.0
-                    if share >= EXPLAINS and (best is None or (share, len(narrow.snap.dims)) > (best[1], len(best[0].snap.dims))):
-                        best = (narrow, share)
-                if best is not None:
-                    explained[id(wide)] = best
-            roots = [t for t in found if id(t) not in explained]
+
+            def explainer(wide: Test) -> tuple[Test, float] | None:
+                if id(wide) not in explained:
+                    best = None
+                    for narrow in inside.get(id(wide), ()):
+                        share = _shortfall(narrow) / _shortfall(wide) if _shortfall(wide) > 0 else 0.0
+                        if share >= EXPLAINS and (best is None or (share, len(narrow.snap.dims)) > (best[1], len(best[0].snap.dims))):
+                            best = (narrow, share)
+                    explained[id(wide)] = best  # type: ignore[assignment]
+                return explained[id(wide)]
+
+            owners: dict[int, Test] = {}
+            for t in found:
+                owner, seen = t, {id(t)}
+                while (step := explainer(owner)) is not None and id(step[0]) not in seen:
+                    owner = step[0]
+                    seen.add(id(owner))
+                owners[id(t)] = owner
+            roots = {id(o): o for o in owners.values()}
             if firing is None:
                 firing = [(key, self.plan.breakdowns[key[2]]) for key, inc in self.incidents.items() if inc.status == "firing"]
             for t in found:
-                owner, seen = t, {id(t)}
-                while id(owner) in explained and id(explained[id(owner)][0]) not in seen:
-                    owner = explained[id(owner)][0]
-                    seen.add(id(owner))
-                wider = [r for r in roots if r is not owner and _inside(owner.snap, r.snap)]
+                owner = owners[id(t)]
+                wider = [r for r in roots.values() if r is not owner and _inside(owner.snap, r.snap)]
                 if wider:
                     owner = min(wider, key=lambda r: (len(r.snap.dims), r.ikey))
                 if owner is t:
@@ -749,7 +771,12 @@ class AlertEngine:
                         t.may_open = False  # a wider group's incident is already open for it
                     continue
                 t.may_open = False
-                assert owner.finding is not None
+                if owner.finding is None:  # located by a wider discovery: its incident rests on that evidence
+                    owner.finding = owner.breach
+                    assert owner.finding is not None
+                    owner.finding.q_value = t.finding.q_value if t.finding else None
+                elif t.finding is not None and t.finding.q_value is not None and owner.finding.q_value is not None:
+                    owner.finding.q_value = min(owner.finding.q_value, t.finding.q_value)
                 wide = not _inside(t.snap, owner.snap)
                 share = (_shortfall(owner) / _shortfall(t) if wide else _shortfall(t) / _shortfall(owner)) if min(_shortfall(owner), _shortfall(t)) > 0 else 0.0
                 owner.finding.explains = [*(owner.finding.explains or []), {
