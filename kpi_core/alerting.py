@@ -108,7 +108,9 @@ def _bad_side(value: float, line: float, direction: str) -> bool:
     return value < line if direction == "higher" else value > line
 
 
-EXPLAINS = 2 / 3  # a finer group accounting for this much of a wider one's shortfall is its root cause
+# A finer group accounting for more than this share of a wider one's shortfall, and for more than
+# twice any other breaching group of its breakdown within it, is the wider one's root cause.
+EXPLAINS = 0.5
 
 
 def _inside(narrow: Snapshot, wide: Snapshot) -> bool:
@@ -708,9 +710,9 @@ class AlertEngine:
     def _root_causes(self, tests: list[Test]) -> None:
         """One incident per root cause, among a window's discoveries of each KPI.
 
-        A discovery explained by a finer group that breaches its own line and accounts for at
-        least ``EXPLAINS`` of its shortfall (campaign X on iOS for campaign X, the channel and the
-        total) opens no incident of its own: the finest group down that chain does, with the
+        A discovery explained by a finer group that breaches its own line and accounts for most
+        of its shortfall (more than ``EXPLAINS``, and more than twice any other breaching group of
+        its breakdown within it: campaign X on iOS for campaign X, the channel and the total) opens no incident of its own: the finest group down that chain does, with the
         wider breaches listed in its message. The finer group need not be a discovery itself:
         the wider discovery is the evidence, the finer group is where it lies. A breach inside
         a wider discovery that no finer group explains (the campaign dropped on every device)
@@ -740,9 +742,12 @@ class AlertEngine:
             def explainer(wide: Test) -> tuple[Test, float] | None:
                 if id(wide) not in explained:
                     best = None
-                    for narrow in inside.get(id(wide), ()):
+                    within = inside.get(id(wide), ())
+                    for narrow in within:
                         share = _shortfall(narrow) / _shortfall(wide) if _shortfall(wide) > 0 else 0.0
-                        if share >= EXPLAINS and (best is None or (share, len(narrow.snap.dims)) > (best[1], len(best[0].snap.dims))):
+                        # Not when a sibling breaches nearly as much: that is a wider problem (every device).
+                        dominant = all(2 * _shortfall(o) < _shortfall(narrow) for o in within if o is not narrow and o.snap.dims == narrow.snap.dims)
+                        if share > EXPLAINS and dominant and (best is None or (share, len(narrow.snap.dims)) > (best[1], len(best[0].snap.dims))):
                             best = (narrow, share)
                     explained[id(wide)] = best  # type: ignore[assignment]
                 return explained[id(wide)]

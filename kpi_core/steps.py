@@ -182,8 +182,9 @@ class Stage2:
         window may wait for this one's word that it has nothing for it).
         """
         lowest = self.combiner.lowest()
-        if not lowest:
-            return
+        if not lowest or not (self.engine.rules or self.engine.no_data):
+            self._closed = []
+            return  # nothing to judge
         ends = tuple(sorted((p, wi, (h - w.size) // (w.step or w.size)) for p, h in lowest.items() for wi, w in enumerate(self.plan.windows)))
         if not self._closed and ends == self._handed:
             return
@@ -193,7 +194,9 @@ class Stage2:
             self._outbox(self.judge.receive(self.partition, lowest, closed))
             return
         measures, kpis = self._reads
-        rows = [[c.window, c.start, c.phase, c.revision, [snapshot_row(s, measures, kpis) for s in c.snapshots]] for c in closed]
+        # A group none of whose KPIs has a rule matters only to the no-data check.
+        keep = (lambda s: True) if self.engine.no_data else (lambda s: not kpis.isdisjoint(s.kpis))
+        rows = [[c.window, c.start, c.phase, c.revision, [snapshot_row(s, measures, kpis) for s in c.snapshots if keep(s)]] for c in closed]
         self._fx.sends.append(Send(PARTIALS, wire.encode_judgement(self.partition, lowest, rows), partition=0))
 
     def _outbox(self, alerts: Iterable[AlertEvent]) -> None:

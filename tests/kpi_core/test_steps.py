@@ -77,7 +77,7 @@ def test_two_by_two_partitions_through_effects_equal_the_one_process_pipeline() 
         snaps = [orjson.loads(s.value) for s in fx.sends if s.topic == SNAPSHOTS]
         assert [s["key"] for s in snaps] == [s.key for s in fx.snapshots]
         handed = [s for s in fx.sends if s.topic == PARTIALS]
-        assert [(s.partition, wire.decode_stage2(plan, s.value)[0]) for s in handed] == ([] if p == 0 else [(0, "judgement")])
+        assert handed == []  # no alert rules: nothing for the judge (tests/kpi_core/test_judge.py has them)
         partials[0] += [s.value for s in handed]
         got += snaps
     want = [s.to_json() for s in run_all(plan, events) if hasattr(s, "key")]
