@@ -347,8 +347,10 @@ class AlertEngine:
         rule = target.rule_for(snap.group)
         value = snap.kpis[kpi]
         num, num_name, den, den_name = k.volume(snap.measures, snap.previous)
-        expectation = self._expect(kpi, wi, bi, group, rule, snap.start, num, den)
-        baseline = expectation.centre if expectation else self._baseline(kpi, wi, bi, group, rule, snap.start)
+        expectation = baseline = None
+        if rule.drift is not None:
+            expectation = self._expect(kpi, wi, bi, group, rule, snap.start, num, den)
+            baseline = expectation.centre if expectation else self._baseline(kpi, wi, bi, group, rule, snap.start)
         ikey = (kpi, wi, bi, group)
         inc = self.incidents.get(ikey) or Incident()
         if snap.start <= inc.evaluated:
@@ -716,15 +718,13 @@ class AlertEngine:
         wider breaches listed in its message. The finer group need not be a discovery itself:
         the wider discovery is the evidence, the finer group is where it lies. A breach inside
         a wider discovery that no finer group explains (the campaign dropped on every device)
-        belongs to the widest such; so does one inside a group whose incident is already
-        firing. Shortfalls are (reference − value) × volume, which add up over the groups that
+        belongs to the widest such. Shortfalls are (reference − value) × volume, which add up over the groups that
         partition a wider one, so "share" is the part of its shortfall a group accounts for.
         """
         breaching: dict[tuple[str, int], dict[tuple[Any, ...], Test]] = {}
         for t in tests:
             if t.breach is not None:
                 breaching.setdefault((t.kpi, t.ikey[1]), {})[(t.snap.dims, t.ikey[3])] = t
-        firing = None
         for (kpi, wi), by_group in breaching.items():
             found = [t for t in by_group.values() if t.finding is not None]
             if not found:
@@ -760,20 +760,12 @@ class AlertEngine:
                     seen.add(id(owner))
                 owners[id(t)] = owner
             roots = {id(o): o for o in owners.values()}
-            if firing is None:
-                firing = [(key, self.plan.breakdowns[key[2]]) for key, inc in self.incidents.items() if inc.status == "firing"]
             for t in found:
                 owner = owners[id(t)]
                 wider = [r for r in roots.values() if r is not owner and _inside(owner.snap, r.snap)]
                 if wider:
                     owner = min(wider, key=lambda r: (len(r.snap.dims), r.ikey))
                 if owner is t:
-                    if self.incidents[t.ikey].status != "firing" and any(
-                        key[0] == kpi and key[1] == wi and len(dims) < len(t.snap.dims) and set(dims) <= set(t.snap.dims)
-                        and all(t.snap.group[d] == v for d, v in zip(dims, key[3]))
-                        for key, dims in firing
-                    ):
-                        t.may_open = False  # a wider group's incident is already open for it
                     continue
                 t.may_open = False
                 if owner.finding is None:  # located by a wider discovery: its incident rests on that evidence

@@ -21,6 +21,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
+from kpi_core.errors import KpimonError
 from kpi_core.results import iso
 
 HOUR = 3_600_000
@@ -171,7 +172,13 @@ class Drop:
 
 def segment_drops(campaigns: int, hours: int, count: int, seed: int, *, kpi: str = "ctr", factor: tuple[float, float] = (0.5, 0.7),
                   length: int = 6, warmup: int = 24) -> list[Drop]:
-    """``count`` drops of ``length`` hours in distinct campaigns, each to ``factor`` (a 30-50% drop by default)."""
+    """``count`` drops of ``length`` hours in distinct campaigns, each to ``factor`` (a 30-50% drop by
+    default), starting after ``warmup`` hours (fewer in a short history)."""
+    if count > campaigns:
+        raise KpimonError(f"{count} drops need as many campaigns; there are {campaigns}")
+    if count and hours <= length:
+        raise KpimonError(f"a drop lasts {length} hours: the history needs more than that ({hours} hours)")
+    warmup = min(warmup, (hours - length) // 2)
     rng = random.Random(seed * 104_729 + 7)
     chosen = rng.sample(range(campaigns), count)
     out = []
