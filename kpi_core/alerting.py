@@ -244,7 +244,7 @@ class AlertEngine:
                     t = self._test(kpi, wi, bi, group, snap)
                     if t is not None:
                         tests.append(t)
-        self._weigh(tests, snapshots)
+        self._weigh(tests)
         changed: dict[tuple[Any, ...], dict[str, str]] = {}  # thread -> kpi -> what happened
         contexts: dict[tuple[Any, ...], Snapshot] = {}
         for t in tests:
@@ -308,7 +308,7 @@ class AlertEngine:
                 t = self._test(kpi, wi, bi, group, snap, again=ikey in again)
                 if t is not None:
                     tests.append(t)
-        self._weigh(tests, snapshots, least=least)
+        self._weigh(tests, least=least)
         changed: dict[tuple[Any, ...], dict[str, str]] = {}
         contexts: dict[tuple[Any, ...], Snapshot] = {}
         extra: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -425,7 +425,7 @@ class AlertEngine:
         reference = (baseline if finding.rule == "drift" else finding.threshold) if finding else None
         return Test(kpi, ikey, snap, rule, value, num, den, lines, baseline, interval, direction, finding, p, reference, again=again)
 
-    def _weigh(self, tests: list[Test], batch: list[Snapshot], *, least: int = 0) -> None:
+    def _weigh(self, tests: list[Test], *, least: int = 0) -> None:
         """Judge a window's tests together: which breaches are discoveries (Benjamini–Hochberg
         over the family's p-values), and which group each discovery's incident belongs to."""
         for t in tests:
