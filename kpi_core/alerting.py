@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from functools import lru_cache
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
-from statistics import NormalDist
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlencode
 
 import orjson
 
 from kpi_core.aggregate import NEVER
-from kpi_core.baseline import Expectation, Seasonal, local_hour_and_day
+from kpi_core.baseline import Expectation, Seasonal, local_hour_and_day, two_sided_z, upper_tail
 from kpi_core.combine import ClosedWindow
 from kpi_core.config import Target, driver_factors
 from kpi_core.incidents import AlertEvent, Contributor, Finding
@@ -40,16 +38,12 @@ NO_DATA = "no_data"
 STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
 
 Group = tuple[str, ...]
-
-
-@lru_cache(maxsize=64)
-def _two_sided_z(confidence: float) -> float:
-    return NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+Children = dict[tuple[Any, ...], list[tuple[str, Snapshot]]]  # (dims, group) -> [(the extra dim, a sub-group's snapshot)]
 
 
 def wilson(successes: float, trials: float, confidence: float) -> tuple[float, float]:
     """The Wilson score interval of a proportion: honest with small counts, unlike p ± z·se."""
-    z = _two_sided_z(confidence)
+    z = two_sided_z(confidence)
     p = successes / trials
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
@@ -64,12 +58,7 @@ def score_p(successes: float, trials: float, line: float, direction: str) -> flo
     if trials <= 0 or not 0 < line < 1:
         return None
     z = (successes / trials - line) / math.sqrt(line * (1 - line) / trials)
-    return _upper_tail(-z if direction == "higher" else z)
-
-
-def _upper_tail(z: float) -> float:
-    """P(Z ≥ z) for a standard normal, accurate far out in the tail (erfc, not 1 − cdf)."""
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    return upper_tail(-z if direction == "higher" else z)
 
 
 def bh_qvalues(pvalues: list[float], m: int | None = None) -> list[float]:
@@ -215,7 +204,6 @@ class AlertEngine:
         }
         self.tree_measures = {name: sorted({m for _, _, a, b in tree for m in (a, b)}) for name, tree in self.trees.items()}
         self.references: dict[tuple[Any, ...], tuple[int, dict[str, float]]] = {}
-        self._kids: tuple[int, dict[tuple[Any, ...], list[Snapshot]]] | None = None
         nd = cfg.alerting.no_data
         self.no_data = nd
         self._breakdown_set = set(plan.breakdowns)
@@ -235,20 +223,13 @@ class AlertEngine:
         (false-discovery control, root causes) before any incident moves.
         """
         snapshots = self._ordered(snapshots)
-        tests = []
-        for snap in snapshots:
-            bi = self.plan.breakdowns.index(snap.dims)
-            group = tuple(snap.group[d] for d in snap.dims)
-            for kpi in snap.kpis:
-                if kpi in self.rules:
-                    t = self._test(kpi, wi, bi, group, snap)
-                    if t is not None:
-                        tests.append(t)
+        tests = [t for kpi, bi, group, snap in self._judged(snapshots) if (t := self._test(kpi, wi, bi, group, snap)) is not None]
         self._weigh(tests)
+        kids = self._children(snapshots)
         changed: dict[tuple[Any, ...], dict[str, str]] = {}  # thread -> kpi -> what happened
         contexts: dict[tuple[Any, ...], Snapshot] = {}
         for t in tests:
-            what = self._conclude(t, snapshots)
+            what = self._conclude(t, kids)
             if what:
                 tkey = t.ikey[1:]
                 changed.setdefault(tkey, {})[t.kpi] = what
@@ -256,6 +237,15 @@ class AlertEngine:
         if phase == EVENTS and self.no_data:
             self._no_data(wi, start, snapshots, changed, contexts)
         return self._thread_events(changed, contexts)
+
+    def _judged(self, snapshots: list[Snapshot]) -> Iterator[tuple[str, int, Group, Snapshot]]:
+        """(KPI, breakdown index, group, snapshot) for each KPI a rule judges."""
+        for snap in snapshots:
+            bi = self.plan.breakdowns.index(snap.dims)
+            group = tuple(snap.group[d] for d in snap.dims)
+            for kpi in snap.kpis:
+                if kpi in self.rules:
+                    yield kpi, bi, group, snap
 
     def _ordered(self, snapshots: list[Snapshot]) -> list[Snapshot]:
         # The same window judged whole (replay) or gathered from partitions (live) in any order
@@ -289,32 +279,29 @@ class AlertEngine:
         tests: list[Test] = []
         again: dict[tuple[Any, ...], tuple[Incident, Snapshot]] = {}  # judged again: the incident as it was
         least = 0
-        for snap in snapshots:
-            bi = self.plan.breakdowns.index(snap.dims)
-            group = tuple(snap.group[d] for d in snap.dims)
-            for kpi in snap.kpis:
-                if kpi not in self.rules:
-                    continue
-                ikey = (kpi, wi, bi, group)
-                inc = self.incidents.get(ikey)
-                if inc is not None and inc.evaluated > snap.start:
-                    continue
-                if inc is not None and inc.evaluated == snap.start:
-                    if inc.before is None:
-                        continue  # judged before revisions existed: nothing to start from
-                    again[ikey] = (inc, snap)
-                    least = max(least, inc.family)
-                    self.incidents[ikey] = Incident(**inc.before)
-                t = self._test(kpi, wi, bi, group, snap, again=ikey in again)
-                if t is not None:
-                    tests.append(t)
+        for kpi, bi, group, snap in self._judged(snapshots):
+            ikey = (kpi, wi, bi, group)
+            inc = self.incidents.get(ikey)
+            if inc is not None and inc.evaluated > snap.start:
+                continue
+            if inc is not None and inc.evaluated == snap.start:
+                if inc.before is None:
+                    continue  # judged before revisions existed: nothing to start from
+                again[ikey] = (inc, snap)
+                least = max(least, inc.family)
+                self.incidents[ikey] = Incident(**inc.before)
+            t = self._test(kpi, wi, bi, group, snap, again=ikey in again)
+            if t is not None:
+                tests.append(t)
         self._weigh(tests, least=least)
         changed: dict[tuple[Any, ...], dict[str, str]] = {}
         contexts: dict[tuple[Any, ...], Snapshot] = {}
         extra: dict[tuple[Any, ...], dict[str, Any]] = {}
-        results = {t.ikey: self._conclude(t, snapshots) for t in tests}
+        kids = self._children(snapshots)
+        by_key = {t.ikey: t for t in tests}
+        results = {ikey: self._conclude(t, kids) for ikey, t in by_key.items()}
         for ikey in [*results, *(k for k in again if k not in results)]:
-            snap = again[ikey][1] if ikey in again else next(t.snap for t in tests if t.ikey == ikey)
+            snap = again[ikey][1] if ikey in again else by_key[ikey].snap
             what = self._compare(ikey, *again[ikey]) if ikey in again else results[ikey]
             if what:
                 tkey = ikey[1:]
@@ -402,7 +389,7 @@ class AlertEngine:
                 z = abs(inc.z)
             if prev_z is not None and seasonal is not None and (prev_z > 0) == (inc.z > 0):
                 z = max(z, (abs(prev_z) + abs(inc.z)) / math.sqrt(2))  # a sustained shift: two windows of evidence
-            p = _upper_tail(z)
+            p = upper_tail(z)
         elif interval is not None and lines:
             chosen = max(breached)[2] if breached else lines[0][1]
             p = score_p(num, den, chosen, direction)
@@ -446,13 +433,13 @@ class AlertEngine:
                             t.finding = None  # not a discovery: as if inside its line
         self._root_causes(tests)
 
-    def _conclude(self, t: Test, batch: list[Snapshot]) -> str | None:
+    def _conclude(self, t: Test, kids: Children) -> str | None:
         """Move one incident on its weighed test; learn the window if it is healthy."""
         kpi, wi, bi, group = t.ikey
         k = self.rules[kpi][0]
         inc = self.incidents[t.ikey]
         if t.finding is not None:
-            t.finding.contributor = self._contributor(k, t.snap, batch, t.reference)
+            t.finding.contributor = self._contributor(k, t.snap, kids, t.reference)
             self._drivers(t)
         what = self._step(t.ikey, inc, t.rule, t.finding, t.value, t.lines, t.snap, t.baseline, t.interval, t.direction, may_open=t.may_open)
         if inc.status == "ok":
@@ -677,13 +664,13 @@ class AlertEngine:
 
     # -- contributors, routes, links -------------------------------------------
 
-    def _contributor(self, k: KpiPlan, snap: Snapshot, batch: list[Snapshot], ref: float | None) -> Contributor | None:
+    def _contributor(self, k: KpiPlan, snap: Snapshot, kids: Children, ref: float | None) -> Contributor | None:
         """The sub-group (one dimension finer) that pulled the KPI furthest to its bad side."""
         if ref is None:
             return None
         _, _, parent_den, _ = k.volume(snap.measures, snap.previous)
         best: Contributor | None = None
-        for dim, sub in self._children(batch).get((snap.dims, tuple(snap.group[d] for d in snap.dims)), ()):
+        for dim, sub in kids.get((snap.dims, tuple(snap.group[d] for d in snap.dims)), ()):
             value = sub.kpis.get(k.name)
             if value is None:
                 continue
@@ -694,17 +681,14 @@ class AlertEngine:
                 best = Contributor(dim, sub.group[dim], value, den / parent_den if parent_den else 0.0, impact)
         return best
 
-    def _children(self, batch: list[Snapshot]) -> dict[tuple[Any, ...], list[tuple[str, Snapshot]]]:
+    def _children(self, batch: list[Snapshot]) -> Children:
         """The window's groups by their parents one dimension coarser: (dims, group) -> [(the extra dim, snapshot)]."""
-        if self._kids is not None and self._kids[0] == id(batch):
-            return self._kids[1]
-        kids: dict[tuple[Any, ...], list[tuple[str, Snapshot]]] = {}
+        kids: Children = {}
         for sub in batch:
             for dim in sub.dims:
                 parent = tuple(d for d in sub.dims if d != dim)
                 if parent in self._breakdown_set:
                     kids.setdefault((parent, tuple(sub.group[d] for d in parent)), []).append((dim, sub))
-        self._kids = (id(batch), kids)
         return kids
 
     # -- root causes -------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from statistics import NormalDist
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,17 @@ CLIP = 3.0  # residuals beyond this many spreads update as if they were this far
 MAD_TO_SD = math.sqrt(math.pi / 2)  # mean |x| of a normal is sd × sqrt(2/pi)
 _NORMAL = NormalDist()
 _SETTLED_L, _SETTLED_H, _SETTLED_D = ((2 - r) / r for r in (ALPHA, GAMMA, DELTA))
+
+
+@lru_cache(maxsize=64)
+def two_sided_z(confidence: float) -> float:
+    """How many standard deviations out a two-sided interval at ``confidence`` ends."""
+    return _NORMAL.inv_cdf(1 - (1 - confidence) / 2)
+
+
+def upper_tail(z: float) -> float:
+    """P(Z ≥ z) for a standard normal, accurate far out in the tail (erfc; 1 − cdf rounds it away)."""
+    return 0.5 * math.erfc(z / math.sqrt(2))
 
 
 def local_hour_and_day(start_ms: int, tz: ZoneInfo) -> tuple[int, int]:
@@ -57,7 +69,7 @@ class Expectation:
     @staticmethod
     def limit(confidence: float) -> float:
         """How many spreads out the two-sided prediction interval at ``confidence`` ends."""
-        return _NORMAL.inv_cdf(1 - (1 - confidence) / 2)
+        return two_sided_z(confidence)
 
     def at(self, z: float) -> float:
         """The value ``z`` spreads from the expectation (log space)."""
@@ -77,7 +89,7 @@ class Expectation:
     @staticmethod
     def p_value(z: float) -> float:
         """One-sided: the chance of a value at least this far on this side, if nothing changed."""
-        return 0.5 * math.erfc(abs(z) / math.sqrt(2))  # 1 - cdf loses the far tail to rounding
+        return upper_tail(abs(z))
 
 
 @dataclass(slots=True)

@@ -29,6 +29,23 @@ from kpi_core.results import Snapshot
 from kpi_core.state import Change, drain
 
 
+def lowest_horizons(horizons: dict[int, dict[str, int]], sources: int, keys: Iterable[str]) -> dict[str, int]:
+    """Per key (pass), the lowest horizon over ``sources`` partitions' reports; empty until all reported."""
+    if len(horizons) < sources:
+        return {}
+    return {p: min(h.get(p, NEVER) for h in horizons.values()) for p in keys}
+
+
+def raise_horizons(mine: dict[str, int], new: dict[str, int]) -> bool:
+    """Take the later of each horizon (a repeat or a replay never moves one back); True if any moved."""
+    moved = False
+    for p, h in new.items():
+        if h > mine.get(p, NEVER):
+            mine[p] = h
+            moved = True
+    return moved
+
+
 @dataclass(slots=True)
 class ClosedWindow:
     """One window phase, final across all partitions, with this partition's groups."""
@@ -113,18 +130,11 @@ class Combiner:
     def lowest(self) -> dict[str, int]:
         """Per pass, the lowest horizon over all stage-1 partitions (empty until all reported):
         every window phase that ended by it has been finalized."""
-        return self._lowest()
-
-    def _lowest(self) -> dict[str, int]:
-        """Per pass, the lowest horizon over all stage-1 partitions (NEVER until all reported)."""
-        if len(self.horizons) < self.n_sources:
-            return {}
-        keys = {EVENTS, *self.plan.passes, *("@" + t for t in self.plan.delayed)}
-        return {p: min(h.get(p, NEVER) for h in self.horizons.values()) for p in keys}
+        return lowest_horizons(self.horizons, self.n_sources, {EVENTS, *self.plan.passes, *("@" + t for t in self.plan.delayed)})
 
     def reported(self) -> tuple[int, dict[str, int]]:
         """(the fast streams' horizon, how far each delayed type has reported), over every stage-1 partition."""
-        lowest = self._lowest()
+        lowest = self.lowest()
         return lowest.get(EVENTS, NEVER), {t: lowest.get("@" + t, NEVER) for t in self.plan.delayed}
 
     def receive(self, source: int, horizons: dict[str, int] | int, partials: Iterable[Partial], at: int = 0) -> None:
@@ -134,7 +144,7 @@ class Combiner:
         merged_now: set[tuple[int, int, str]] = set()
         # Everything that ended by the lowest horizon was finalized already (finalize
         # runs after every report): a partial for it is a redelivery after a crash.
-        done = self._lowest()
+        done = self.lowest()
         plan = self.plan
         revisions = []
         for p in partials:
@@ -164,11 +174,8 @@ class Combiner:
             self._dirty.add(("p", *wkey))
         for r in revisions:
             self._receive_revision(source, at, r, done)
-        mine = self.horizons.setdefault(source, {})
-        for p, h in horizons.items():
-            if h > mine.get(p, NEVER):
-                mine[p] = h
-                self._dirty.add(("h",))
+        if raise_horizons(self.horizons.setdefault(source, {}), horizons):
+            self._dirty.add(("h",))
 
     def _receive_revision(self, source: int, at: int, r: Partial, done: dict[str, int]) -> None:
         """A window still waiting for other partitions takes the new share at once; a published
@@ -206,7 +213,7 @@ class Combiner:
         a window of that size has been seen, so silence itself can be alerted on;
         ``empty_until`` bounds them (the end of a replay is not silence).
         """
-        lowest = self._lowest()
+        lowest = self.lowest()
         if not lowest:
             return []
         plan = self.plan
@@ -385,9 +392,7 @@ class Combiner:
         parts = orjson.loads(key)
         if parts[0] == "h":
             for s, h in value.items():
-                mine = self.horizons.setdefault(int(s), {})
-                for p, x in (self.plan.first_pass_horizons(h) if isinstance(h, int) else h).items():
-                    mine[p] = max(x, mine.get(p, NEVER))
+                raise_horizons(self.horizons.setdefault(int(s), {}), self.plan.first_pass_horizons(h) if isinstance(h, int) else h)
         elif parts[0] == "e":
             for wi, start in value.items():
                 self.evaluated[int(wi)] = max(start, self.evaluated.get(int(wi), NEVER))

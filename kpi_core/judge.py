@@ -21,7 +21,7 @@ import orjson
 
 from kpi_core.aggregate import NEVER
 from kpi_core.alerting import AlertEngine
-from kpi_core.combine import ClosedWindow
+from kpi_core.combine import ClosedWindow, lowest_horizons, raise_horizons
 from kpi_core.incidents import AlertEvent
 from kpi_core.plan import Plan
 from kpi_core.results import Snapshot
@@ -55,10 +55,7 @@ class Judge:
         self._deleted: set[tuple[Any, ...]] = set()
 
     def _lowest(self) -> dict[str, int]:
-        if len(self.horizons) < self.n_sources:
-            return {}
-        keys = set().union(*(h.keys() for h in self.horizons.values()))
-        return {p: min(h.get(p, NEVER) for h in self.horizons.values()) for p in keys}
+        return lowest_horizons(self.horizons, self.n_sources, set().union(*(h.keys() for h in self.horizons.values())))
 
     def receive(self, source: int, horizons: dict[str, int], windows: list[ClosedWindow]) -> list[AlertEvent]:
         """Merge one stage-2 partition's closed windows; judge every window all partitions have closed."""
@@ -77,11 +74,8 @@ class Judge:
             sources.add(source)
             snaps += closed.snapshots
             self._dirty.add(("p", *key))
-        mine = self.horizons.setdefault(source, {})
-        for p, h in horizons.items():
-            if h > mine.get(p, NEVER):
-                mine[p] = h
-                self._dirty.add(("h",))
+        if raise_horizons(self.horizons.setdefault(source, {}), horizons):
+            self._dirty.add(("h",))
         lowest = self._lowest()
         for key in sorted(self.pending):
             wi, start, phase = key
@@ -107,9 +101,7 @@ class Judge:
         parts = orjson.loads(key)
         if parts[0] == "h":
             for s, h in value.items():
-                mine = self.horizons.setdefault(int(s), {})
-                for p, x in h.items():
-                    mine[p] = max(x, mine.get(p, NEVER))
+                raise_horizons(self.horizons.setdefault(int(s), {}), h)
         else:
             _, wi, start, phase = parts
             self.pending[(wi, start, phase)] = (set(value["sources"]), [from_row(r) for r in value["snapshots"]])

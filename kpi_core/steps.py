@@ -136,13 +136,13 @@ class Stage2:
     """One ``<app>-partials`` partition: combine partials, publish snapshots; hand closed windows
     to the judge (partition 0, kpi_core/judge.py), which weighs each whole window and writes alerts."""
 
-    def __init__(self, plan: Plan, partition: int, sources: int, partitions: int | None = None) -> None:
+    def __init__(self, plan: Plan, partition: int, sources: int) -> None:
         self.plan = plan
         self.partition = partition
         self.combiner = Combiner(plan, sources=sources)
         self.engine = AlertEngine(plan)
-        # Stage 2 has as many partitions as stage 1 (topics.partitions).
-        self.judge = Judge(plan, self.engine, sources=partitions or sources) if partition == 0 else None
+        # Stage 2 has as many partitions as stage 1 (topics.partitions): as many hand over to the judge.
+        self.judge = Judge(plan, self.engine, sources=sources) if partition == 0 else None
         self._closed: list[ClosedWindow] = []
         self._handed: tuple[Any, ...] | None = None  # the window ends last handed to the judge
         self._reads = (frozenset(self.engine.reads), frozenset(self.engine.rules))

@@ -246,7 +246,6 @@ def backtest(
     table = Table(title=f"backtest: {outcome.groups:,} groups, {summary['weeks']} weeks")
     for col in ("rule (kpi)", "alerts", "per group-week", "precision", "recall (delay, windows)"):
         table.add_column(col)
-    size = plan.windows[0].size
     for kpi, r in scores.items():
         recall = ", ".join(f"{shape} {rate:.0%} ({r['mean_delay_ms'][shape] / size:.1f})" for shape, rate in (r.get("recall") or {}).items())
         precision = "" if r.get("precision") is None else f"{r['precision']:.0%}"
