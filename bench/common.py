@@ -30,7 +30,7 @@ from kpi_core.config import Topics  # noqa: E402
 OUT = BENCH / "out"
 
 #: The default catalogue's source topics, by suffix.
-SOURCES = dict(Topics().sources)
+SOURCES = Topics().types()
 
 
 def log(msg: str) -> None:

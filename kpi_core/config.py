@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kpi_core import formats
 from kpi_core.errors import ConfigError
 from kpi_core.events import ALWAYS_PRESENT, EVENT_TYPES, OPTIONAL_FIELDS, OPTIONAL_NUMBERS, SESSION_FIELDS, TYPE_FIELDS
 
@@ -363,17 +364,95 @@ class Arrival(_Model):
     _durations = field_validator("delay", "lateness", "revise_for", mode="before")(lambda v: parse_duration(v))
 
 
-class Topics(_Model):
-    """Kafka topic names. Each source topic implies an event type."""
+class FieldSpec(_Model):
+    """Where a tracker's message holds one field: paths tried in order (``$.`` from the message
+    root inside ``each``), then a constant ``value``; an optional transform; or ``equals``, true
+    when the field equals it."""
 
-    sources: dict[str, str] = {
-        "ad-impressions": "impression",
-        "ad-clicks": "click",
-        "page-views": "pageview",
-        "leads": "lead",
-        "orders": "order",
-        "ad-spend": "spend",
-        "surveys": "survey",
+    path: str | list[str] | None = None
+    value: str | bool | float | int | None = None
+    transform: Literal[tuple(formats.TRANSFORMS)] | None = None  # type: ignore[valid-type]
+    equals: str | bool | float | int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, list)) else value
+
+    @field_validator("path")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        for p in [value] if isinstance(value, str) else value or []:
+            formats.parse_path(p)
+        return value
+
+
+class Source(_Model):
+    """One source topic: its format, and for ``kpimon`` the event type it carries (see docs/formats.md).
+
+    ``segment``, ``snowplow`` and ``ga4`` are built-in mappings; ``events``, ``fields`` and
+    ``defaults`` given with them extend theirs. ``mapping`` declares one in full: ``name`` (the
+    field naming the event), ``events`` (name -> event type), ``fields`` (contract field or
+    attribute -> where it is; ``ts`` required), optionally ``each`` (an array of events).
+    """
+
+    format: Literal[tuple(formats.FORMATS)] = "kpimon"  # type: ignore[valid-type]
+    type: str | None = None  # kpimon: the one event type of the topic (None: each event says)
+    each: str | None = None
+    name: str | list[str] | None = None
+    events: dict[str, str] = {}
+    fields: dict[str, FieldSpec] = {}
+    defaults: dict[str, str | bool | float | int] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `ad-clicks: click` is a kpimon topic of one type; `tracker: segment` a format's topic.
+        if isinstance(value, str):
+            return {"format": value} if value in formats.FORMATS and value != "kpimon" else {"type": value}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Source:
+        if self.type is not None and self.type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {self.type!r}; expected one of {', '.join(EVENT_TYPES)} or a format: {', '.join(formats.FORMATS)}")
+        if self.format == "kpimon":
+            if self.each or self.name or self.events or self.fields or self.defaults:
+                raise ValueError("the kpimon format takes only type:; each, name, events, fields and defaults describe a tracker format")
+            return self
+        if self.type is not None:
+            raise ValueError(f"type: is for kpimon topics; a {self.format} topic's events are named by its events:")
+        for name, etype in self.events.items():
+            if etype not in EVENT_TYPES:
+                raise ValueError(f"events.{name}: unknown event type {etype!r}; expected one of {', '.join(EVENT_TYPES)}")
+        if self.each is not None:
+            formats.parse_path(self.each)
+        for p in [self.name] if isinstance(self.name, str) else self.name or []:
+            formats.parse_path(p)
+        if self.format == "mapping":
+            missing = [f for f in ("name", "events") if not getattr(self, f)] + ([] if "ts" in self.fields else ["fields.ts"])
+            if missing:
+                raise ValueError(f"a mapping needs {', '.join(missing)}: which field names the event, which names are which event type, where the event time is")
+        return self
+
+    def mapping(self) -> dict[str, Any]:
+        """The whole mapping: this declaration over its format's built-in one."""
+        fields = {f: spec.model_dump(exclude_none=True) for f, spec in self.fields.items()}
+        return formats.merged(self.format, self.each, self.name, self.events, fields, self.defaults)
+
+
+class Topics(_Model):
+    """Kafka topic names. A source topic carries one event type in kpimon's contract, or a
+    tracker's format (``segment``, ``snowplow``, ``ga4`` or a declared ``mapping``)."""
+
+    sources: dict[str, Source] = {
+        "ad-impressions": Source(type="impression"),
+        "ad-clicks": Source(type="click"),
+        "page-views": Source(type="pageview"),
+        "leads": Source(type="lead"),
+        "orders": Source(type="order"),
+        "ad-spend": Source(type="spend"),
+        "surveys": Source(type="survey"),
     }
     dead_letters: str = "dead-letters"
     late_events: str = "late-events"
@@ -381,6 +460,10 @@ class Topics(_Model):
     alerts: str = "kpi-alerts"  # the outbox: alert events are written here before delivery
     silences: str = "kpimon-silences"  # compacted
     partitions: int = Field(default=4, ge=1, le=1024)
+
+    def types(self) -> dict[str, str]:
+        """Source topics that carry one event type (kpimon's contract), topic -> type."""
+        return {t: s.type for t, s in self.sources.items() if s.type is not None}
 
 
 #: Extra string attributes trackers commonly send; filters and breakdowns may use these.
@@ -482,9 +565,11 @@ class Config(_Model):
         by_type: dict[str, tuple[str, Arrival]] = {}
         for key, profile in self.arrival.items():
             path = f"arrival.{key}"
-            etype = self.topics.sources.get(key) or (key if key in EVENT_TYPES else None)
+            etype = self.topics.types().get(key) or (key if key in EVENT_TYPES else None)
             if etype is None:
-                problems.append((path, f"unknown source topic or event type {key!r}; expected one of {', '.join([*self.topics.sources, *EVENT_TYPES])}"))
+                hint = (f"; {key!r} carries several event types ({self.topics.sources[key].format}): declare the profile per event type"
+                        if key in self.topics.sources else "")
+                problems.append((path, f"unknown source topic or event type {key!r}; expected one of {', '.join([*self.topics.types(), *EVENT_TYPES])}{hint}"))
                 continue
             other = by_type.setdefault(etype, (key, profile))
             if other[1] != profile:
@@ -507,7 +592,7 @@ class Config(_Model):
             for name, m in self.measures.items():
                 if m.event == etype and m.distinct:
                     problems.append((f"{path}.restates", f"measure {name!r} counts distinct values of {etype} events, which a replaced report cannot take back"))
-        for topic, etype in self.topics.sources.items():
+        for topic, etype in self.topics.types().items():
             if etype in by_type and by_type[etype][0] in self.topics.sources and topic not in self.arrival:
                 problems.append((f"arrival.{topic}", f"{etype} events also come from {by_type[etype][0]!r}: declare the same profile here, or declare it for the event type ({etype}:)"))
         return problems
@@ -515,7 +600,7 @@ class Config(_Model):
     def arrival_of(self, etype: str) -> Arrival | None:
         """The arrival profile of one event type (declared for it, or for a topic carrying it)."""
         for key, profile in self.arrival.items():
-            if key == etype or self.topics.sources.get(key) == etype:
+            if key == etype or self.topics.types().get(key) == etype:
                 return profile
         return None
 

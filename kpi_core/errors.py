@@ -22,7 +22,8 @@ class ConfigError(KpimonError):
 class InvalidEvent(KpimonError):
     """An event broke the event contract; it belongs in the dead-letter topic."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
         self.reason = reason  # a short, bounded code: safe as a Prometheus label
         self.detail = detail
+        self.field = field  # the contract field at fault, when one is (a tracker format names its own)
         super().__init__(f"{reason}: {detail}")

@@ -238,37 +238,46 @@ def _checked(obj: Any, implied_type: str | None = None) -> Event:
         raise InvalidEvent("not_an_object", "an event must be a JSON object")
     etype = obj.get("type", implied_type)
     if etype is None:
-        raise InvalidEvent("missing_field", "type is required on this topic")
+        raise InvalidEvent("missing_field", "type is required on this topic", "type")
     if not isinstance(etype, str) or etype not in TYPE_FIELDS:
         # Never str() arbitrary JSON here: a deeply nested value would blow the stack.
         shown = repr(etype[:40]) if isinstance(etype, str) else f"a {type(etype).__name__}"
-        raise InvalidEvent("unknown_type", f"unknown event type {shown}")
+        raise InvalidEvent("unknown_type", f"unknown event type {shown}", "type")
     if implied_type is not None and etype != implied_type:
-        raise InvalidEvent("type_mismatch", f"a {etype} event on a topic that carries {implied_type} events")
+        raise InvalidEvent("type_mismatch", f"a {etype} event on a topic that carries {implied_type} events", "type")
     if "ts" not in obj:
-        raise InvalidEvent("missing_field", "ts is required")
-    ts = parse_ts(obj["ts"])
+        raise InvalidEvent("missing_field", "ts is required", "ts")
+    ts = _field("ts", lambda _, v: parse_ts(v), obj["ts"])
     data: dict[str, Any] = {}
     for name in ("campaign", "channel"):
         if name not in obj:
-            raise InvalidEvent("missing_field", f"{name} is required")
-        data[name] = _string(name, obj[name])
+            raise InvalidEvent("missing_field", f"{name} is required", name)
+        data[name] = _field(name, _string, obj[name])
     for name, check in TYPE_FIELDS[etype].items():
         if name not in obj:
-            raise InvalidEvent("missing_field", f"{name} is required on {etype} events")
-        data[name] = check(name, obj[name])
+            raise InvalidEvent("missing_field", f"{name} is required on {etype} events", name)
+        data[name] = _field(name, check, obj[name])
     for name, check in OPTIONAL_FIELDS.get(etype, {}).items():
         if name in obj:
-            data[name] = check(name, obj[name])
+            data[name] = _field(name, check, obj[name])
     if "event_id" in obj:
-        data["event_id"] = _string("event_id", obj["event_id"])
+        data["event_id"] = _field("event_id", _string, obj["event_id"])
     for name, value in obj.items():
         # Extra string attributes are kept for breakdowns; other extras are ignored.
         if name not in data and name not in COMMON_FIELDS and isinstance(value, str):
             if len(name) > MAX_STR_LEN or len(value) > MAX_STR_LEN:
-                raise InvalidEvent("invalid_value", f"attribute names and values must be at most {MAX_STR_LEN} characters")
+                raise InvalidEvent("invalid_value", f"attribute names and values must be at most {MAX_STR_LEN} characters", name[:40])
             data[name] = value
     return Event(etype, ts, data)
+
+
+def _field(name: str, check: Check, value: Any) -> Any:
+    """``check(name, value)``, with the field named on the error (a tracker format maps it to its own)."""
+    try:
+        return check(name, value)
+    except InvalidEvent as exc:
+        exc.field = name
+        raise
 
 
 #: A message with this header is a progress marker, not an event: its producer promises that

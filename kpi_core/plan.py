@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kpi_core import sketch
+from kpi_core import formats, sketch
 from kpi_core.config import Config, Filter, Kpi
+from kpi_core.events import EVENT_TYPES
 
 EVENTS = "events"
 SESSIONS = "sessions"
@@ -120,10 +121,13 @@ class Plan:
         self.derived = {n: list(m.add or []) for n, m in measures.items() if m.add is not None}
         self.session_measures = frozenset(n for n in measures if self._from_sessions(n))
         # Arrival profiles by event type: where data comes late, KPIs reading it wait for it.
-        self.arrival = {t: a for t in {*config.topics.sources.values()} if (a := config.arrival_of(t)) is not None}
+        self.arrival = {t: a for t in EVENT_TYPES if (a := config.arrival_of(t)) is not None}
         self.delayed = frozenset(t for t, a in self.arrival.items() if a.delay > 0)
         self.restated = {t: a.restates for t, a in self.arrival.items() if a.restates is not None}
-        self.type_of_topic = dict(config.topics.sources)
+        self.type_of_topic = config.topics.types()
+        # How each source topic's messages become events (kpimon's contract or a tracker format).
+        self.decoders = {t: formats.decoder(s.format, s.type, None if s.format == "kpimon" else s.mapping())
+                         for t, s in config.topics.sources.items()}
         self.kpis: list[KpiPlan] = []
         for name, k in config.enabled_kpis().items():
             phase = SESSIONS if any(r in self.session_measures for r in k.refs()) else EVENTS

@@ -122,7 +122,7 @@ def simulate(
     cfg = _load(config)
     sim = SimConfig(campaigns=campaigns, rate=rate, seed=seed, ctr_range=(0.04, 0.06))
     anomalies = [Anomaly(campaign=drop, factor=drop_factor, start_s=drop_at)] if drop else []
-    topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
+    topic_for = {etype: topic for topic, etype in cfg.topics.types().items()}
     n = run(sim, bootstrap=_bootstrap(), topics=topic_for, duration_s=duration, realtime=not fast, anomalies=anomalies,
             delivery=deliveries[delivery])
     out.print(f"produced {n} events")
@@ -143,7 +143,7 @@ def produce(
     from kpimon.producer import last_event_time, produce_file, send_markers
 
     cfg = _load(config)
-    topic_for = {etype: topic for topic, etype in cfg.topics.sources.items()}
+    topic_for = {etype: topic for topic, etype in cfg.topics.types().items()}
     counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for)
     for topic, n in sorted(counts.items()):
         out.print(f"{topic}: {n}")

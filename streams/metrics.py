@@ -172,6 +172,8 @@ class Metrics:
         r = self.registry
         self.events = Counter("kpimon_events", "Valid events consumed, by type", ["type"], registry=r)
         self.invalid = Counter("kpimon_events_invalid", "Events sent to the dead-letter topic, by reason", ["reason"], registry=r)
+        self.ignored = Counter("kpimon_messages_ignored", "Tracker messages with no event kpimon uses (a Segment identify call, a GA4 scroll)",
+                               ["topic"], registry=r)
         self.late = Counter("kpimon_events_late", "Events later than the allowed lateness (sent to late-events)", registry=r)
         self.restated = Counter("kpimon_reports_restated", "Restated reports (config.arrival restates): replaced the one counted, or older than it (not counted)",
                                 ["outcome"], registry=r)

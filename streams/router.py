@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from kpi_core.errors import InvalidEvent
-from kpi_core.events import decode, marker
+from kpi_core.events import marker
 from kpi_core import wire
 from kpi_core.plan import Plan
 from kpi_core.routing import partition_of
@@ -57,7 +57,7 @@ class Router:
         self.send_bundle = send_bundle
         self.dead_letter = dead_letter
         self.partitions = plan.config.topics.partitions
-        self.implied = plan.config.topics.sources
+        self.decoders = plan.decoders  # topic -> how its messages become events (kpimon's contract or a tracker's)
         self.progress: dict[str, int] = {}  # source partition -> largest event time routed
         self.last_report = 0.0
         self.consumer: AIOKafkaConsumer | None = None
@@ -98,7 +98,7 @@ class Router:
             fetch_max_bytes=64 * 1024 * 1024,
             **self.security.aiokafka_options(),
         )
-        consumer.subscribe(topics=list(self.implied), listener=_Listener(self))
+        consumer.subscribe(topics=list(self.decoders), listener=_Listener(self))
         await consumer.start()
         self.consumer = consumer
         try:
@@ -119,13 +119,15 @@ class Router:
         buckets: dict[int, list[list[Any]]] = defaultdict(list)
         counts: dict[str, int] = defaultdict(int)
         acks: list[Awaitable[Any]] = []
-        progress, implied, partitions = self.progress, self.implied, self.partitions
+        progress, decoders, partitions = self.progress, self.decoders, self.partitions
         before = dict(progress)
         horizon_ms = int(time.time() * 1000) + self.plan.config.max_future
         offsets: dict[TopicPartition, int] = {}
         for tp, msgs in records.items():
+            ignored = 0
             source = f"{tp.topic}:{tp.partition}"
-            etype_implied = implied.get(tp.topic)
+            decoder = decoders[tp.topic]
+            fan_out = decoder.fan_out  # a message carrying several events: each takes its own offset
             latest = progress.get(source, -1)
             for msg in msgs:
                 try:
@@ -136,8 +138,8 @@ class Router:
                         # A progress marker: the source has certainly reached this event time.
                         latest = max(latest, promised)
                         continue
-                    ev = decode(msg.value, etype_implied)
-                    if ev.ts > horizon_ms:
+                    evs = decoder.decode(msg.value)
+                    if any(ev.ts > horizon_ms for ev in evs):
                         # One event stamped years ahead would drag the watermark along and
                         # close every open window; the wall clock bounds it (live only).
                         raise InvalidEvent("bad_timestamp", "ts is too far in the future")
@@ -149,11 +151,18 @@ class Router:
                     acks.append(await self._dead_letter(
                         msg, InvalidEvent("invalid_value", f"could not be validated ({type(exc).__name__})")))
                     continue
-                if ev.ts > latest:
-                    latest = ev.ts
-                counts[ev.type] += 1
-                buckets[partition_of(ev.data["campaign"], partitions)].append([source, msg.offset, ev.type, ev.ts, ev.data])
+                if not evs:
+                    ignored += 1  # a tracker's message kpimon has no use for (an identify call)
+                    continue
+                for i, ev in enumerate(evs):
+                    if ev.ts > latest:
+                        latest = ev.ts
+                    counts[ev.type] += 1
+                    buckets[partition_of(ev.data["campaign"], partitions)].append(
+                        [source, msg.offset * fan_out + i, ev.type, ev.ts, ev.data])
             progress[source] = latest
+            if ignored:
+                self.metrics.ignored.labels(tp.topic).inc(ignored)
             if latest >= 0:
                 self.metrics.source_time.labels(tp.topic, str(tp.partition)).set(latest / 1000)
             offsets[tp] = msgs[-1].offset + 1

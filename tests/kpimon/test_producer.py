@@ -16,7 +16,7 @@ from kpi_core.events import marker
 from kpimon import producer as producer_mod
 from kpimon.producer import InputFileError, ProduceError, last_event_time, message_key, produce_file, read_events, send_markers
 
-TOPIC_FOR = {etype: topic for topic, etype in Topics().sources.items()}
+TOPIC_FOR = {etype: topic for topic, etype in Topics().types().items()}
 
 JSONL = (
     b'{"type":"impression","ts":1714564800000,"campaign":"spring","channel":"social","device":"mobile"}\n'

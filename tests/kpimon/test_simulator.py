@@ -16,7 +16,7 @@ from kpimon.simulator import Anomaly, SimConfig, SimulatorError, generate, run
 from tests.kpimon.test_producer import FakeFuture, FakeProducer, consume, create_topics, fake_kafka  # noqa: F401 (a fixture)
 
 START = 1_714_564_800_000  # 2024-05-01T12:00:00Z
-TOPIC_FOR = {etype: topic for topic, etype in Topics().sources.items()}
+TOPIC_FOR = {etype: topic for topic, etype in Topics().types().items()}
 
 
 def _events(cfg: SimConfig, duration_s: float) -> list[tuple[str, dict[str, Any]]]:

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 #: The default source topics (short names) and the event type each implies.
-SOURCES = Topics().sources
+SOURCES = Topics().types()
 
 
 def close_input(bootstrap: str, prefix: str, ts: int, partitions: int, topics: list[str] | None = None) -> None:

@@ -1,0 +1,418 @@
+"""Tracker formats: Segment/RudderStack, Snowplow, GA4 and declared mappings, onto the event contract.
+
+A source topic carries one format (``topics.sources`` in kpimon.yaml, docs/formats.md):
+
+- ``kpimon``: the event contract itself (kpi_core/events.py), the default;
+- ``segment``, ``snowplow``, ``ga4``: built-in mappings (``PRESETS`` below) of those trackers'
+  public formats, which a config may extend (more event names, other fields);
+- ``mapping``: a mapping declared in full in the config, for any other tracker.
+
+A mapping says where each contract field is in a message (``fields``: paths, first present
+wins, with an optional transform), which field names the event (``name``) and which names
+become which event type (``events``); a message may carry an array of events (``each``).
+Each event it yields is then checked by the contract's own ``validate``, so the rules are
+the same whatever the format; an error names the format and the message's field.
+
+A message the format carries but kpimon has no use for (a Segment ``identify`` call, a
+GA4 ``scroll`` event) yields no events: it is skipped, not dead-lettered.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import orjson
+
+from kpi_core.errors import InvalidEvent
+from kpi_core.events import OPTIONAL_FIELDS, TYPE_FIELDS, Event, decode as decode_contract, validate
+
+FORMATS = ("kpimon", "segment", "snowplow", "ga4", "mapping")
+
+#: Source offsets of a topic whose messages may carry several events are scaled by this, and
+#: each event of a message takes offset × FAN_OUT + its index: stage 1 deduplicates by offset.
+FAN_OUT = 128
+
+#: When no field gives a campaign or a channel (direct traffic), these name it (GA4's own words).
+NOT_SET = "(not set)"
+DIRECT = "direct"
+
+_ID = {"transform": "string"}
+
+#: The built-in formats, in the shape of a ``format: mapping`` declaration (docs/formats.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The Segment spec, which RudderStack sends unchanged: page/screen calls and named track events.
+    "segment": {
+        "name": ["event", "type"],  # a track call's event name, else the call type (page, screen, identify, ...)
+        "events": {"page": "pageview", "screen": "pageview", "Order Completed": "order",
+                   "Lead Generated": "lead", "Signed Up": "lead"},
+        "fields": {
+            "ts": ["timestamp", "originalTimestamp"],
+            "event_id": "messageId",
+            "campaign": "context.campaign.name",
+            "channel": {"path": "context.campaign.medium", "transform": "channel"},
+            "visitor_id": {"path": ["anonymousId", "userId"], **_ID},
+            "session_id": {"path": ["context.sessionId", "properties.session_id", "anonymousId", "userId"], **_ID},
+            "page": ["properties.path", "context.page.path", "name"],
+            "lead_id": {"path": ["properties.lead_id", "userId", "anonymousId"], **_ID},
+            "stage": "properties.stage",
+            "order_id": {"path": "properties.order_id", **_ID},
+            "revenue": ["properties.revenue", "properties.total"],
+            "customer_id": {"path": ["userId", "anonymousId"], **_ID},
+            "new_customer": "properties.new_customer",
+            "device": "context.device.type",
+            "country": "context.location.country",
+            "utm_source": "context.campaign.source",
+            "utm_medium": "context.campaign.medium",
+            "utm_campaign": "context.campaign.name",
+        },
+        "defaults": {"campaign": NOT_SET, "channel": DIRECT, "stage": "lead", "new_customer": False},
+    },
+    # Snowplow's enriched event as JSON (the analytics SDKs' ``transform``): self-describing
+    # events and contexts appear as ``unstruct_event_<vendor>_<name>_<major>`` / ``contexts_...``.
+    "snowplow": {
+        "name": ["se_category", "event_name"],  # a structured event's category, else the event's name
+        "events": {"page_view": "pageview", "transaction": "order", "submit_form": "lead", "lead": "lead",
+                   "ad_impression": "impression", "ad_click": "click"},
+        "fields": {
+            "ts": {"path": ["derived_tstamp", "collector_tstamp"], "transform": "utc"},
+            "event_id": "event_id",
+            "campaign": ["mkt_campaign",
+                         "unstruct_event_com_snowplowanalytics_snowplow_ad_impression_1.campaignId",
+                         "unstruct_event_com_snowplowanalytics_snowplow_ad_click_1.campaignId"],
+            "channel": {"path": "mkt_medium", "transform": "channel"},
+            "visitor_id": "domain_userid",
+            "session_id": "domain_sessionid",
+            "page": "page_urlpath",
+            "new_visitor": {"path": "domain_sessionidx", "equals": 1},
+            "lead_id": ["se_label", "event_id"],
+            "stage": "se_action",
+            "order_id": "tr_orderid",
+            "revenue": "tr_total",
+            "customer_id": ["user_id", "domain_userid"],
+            "new_customer": "contexts_com_kpimon_customer_1[0].new_customer",
+            "cost": "unstruct_event_com_snowplowanalytics_snowplow_ad_click_1.cost",
+            "country": "geo_country",
+            "utm_source": "mkt_source",
+            "utm_medium": "mkt_medium",
+            "utm_campaign": "mkt_campaign",
+        },
+        "defaults": {"campaign": NOT_SET, "channel": DIRECT, "stage": "lead", "new_customer": False},
+    },
+    # A GA4 Measurement Protocol request body: a client and an array of named events with params.
+    "ga4": {
+        "each": "events",
+        "name": "name",
+        "events": {"page_view": "pageview", "generate_lead": "lead", "purchase": "order"},
+        "fields": {
+            "ts": {"path": ["timestamp_micros", "$.timestamp_micros"], "transform": "micros"},
+            "campaign": ["params.campaign", "params.campaign_id"],
+            "channel": {"path": "params.medium", "transform": "channel"},
+            "visitor_id": {"path": ["$.client_id", "$.app_instance_id"], **_ID},
+            "session_id": {"path": "params.session_id", **_ID},
+            "page": {"path": ["params.page_location", "params.page_path"], "transform": "url_path"},
+            "lead_id": {"path": ["params.lead_id", "$.user_id", "$.client_id", "$.app_instance_id"], **_ID},
+            "stage": "params.stage",
+            "order_id": {"path": "params.transaction_id", **_ID},
+            "revenue": "params.value",
+            "customer_id": {"path": ["$.user_id", "$.client_id", "$.app_instance_id"], **_ID},
+            "new_customer": "params.new_customer",
+            "device": "$.device.category",
+            "country": "$.user_location.country_id",
+            "utm_source": "params.source",
+            "utm_medium": "params.medium",
+            "utm_campaign": "params.campaign",
+        },
+        "defaults": {"campaign": NOT_SET, "channel": DIRECT, "stage": "lead", "new_customer": False},
+    },
+}
+
+#: utm_medium (or its like) -> kpimon's channel names, after GA4's default channel grouping.
+#: A medium not listed is kept as it is (lower-cased); kpimon's own channel names map to themselves.
+CHANNELS = {
+    "cpc": "paid_search", "ppc": "paid_search", "paidsearch": "paid_search", "paid_search": "paid_search",
+    "paid-search": "paid_search", "sem": "paid_search",
+    "paid_social": "paid_social", "paidsocial": "paid_social", "paid-social": "paid_social", "social_paid": "paid_social",
+    "social": "social", "social-network": "social", "social-media": "social", "sm": "social", "social_network": "social",
+    "email": "email", "e-mail": "email", "e_mail": "email", "newsletter": "email",
+    "display": "display", "banner": "display", "cpm": "display", "expandable": "display", "interstitial": "display",
+    "organic": "organic", "referral": "referral", "affiliate": "affiliate",
+    "(none)": DIRECT, "none": DIRECT, "direct": DIRECT,
+}
+
+
+def _micros(value: Any) -> Any:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return value // 1000 if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str) and value.replace(".", "", 1).isdigit():
+        value = float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return round(value * 1000)
+    return value
+
+
+def _utc(value: Any) -> Any:
+    # Snowplow writes UTC without an offset ("2024-03-05 10:00:01.123"); the contract wants one.
+    if isinstance(value, str) and value and not re.search(r"(Z|[+-]\d\d:?\d\d)$", value):
+        return value.replace(" ", "T") + "Z"
+    return value
+
+
+def _url_path(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return urlsplit(value).path or "/"
+    except ValueError:
+        return value
+
+
+def _string(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(int(value)) if float(value).is_integer() else str(value)
+    return value
+
+
+def _number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _channel(value: Any) -> Any:
+    return CHANNELS.get(value.strip().lower(), value.strip().lower()) if isinstance(value, str) and value.strip() else value
+
+
+TRANSFORMS: dict[str, Callable[[Any], Any]] = {
+    "channel": _channel,  # a utm_medium to a channel: cpc -> paid_search, (none) -> direct, ...
+    "url_path": _url_path,  # https://shop.example/pricing?x=1 -> /pricing
+    "string": _string,  # 12345 -> "12345" (ids sent as numbers)
+    "number": _number,  # "19.90" -> 19.9
+    "lower": lambda v: v.lower() if isinstance(v, str) else v,
+    "micros": _micros,  # epoch microseconds (GA4's timestamp_micros) -> ms
+    "seconds": _seconds,  # epoch seconds -> ms
+    "utc": _utc,  # an ISO time without an offset, read as UTC
+}
+
+_MISSING = object()
+_STEP = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+_PATH = re.compile(r"^[^.\[\]]+(\[\d+\])*(\.[^.\[\]]+(\[\d+\])*)*$")
+
+
+def parse_path(text: str) -> tuple[bool, tuple[str | int, ...]]:
+    """``a.b[0].c`` as (from the message root?, steps); ``$.`` starts at the root inside ``each``.
+
+    Raises ValueError for a path that is not one.
+    """
+    root = text.startswith("$.")
+    body = text[2:] if root else text
+    if not _PATH.match(body):
+        raise ValueError(f"{text!r} is not a field path such as context.campaign.name or contexts_x_1[0].id")
+    return root, tuple(key if key else int(index) for key, index in _STEP.findall(body))
+
+
+def _lookup(obj: Any, steps: tuple[str | int, ...]) -> Any:
+    for step in steps:
+        if isinstance(step, int):
+            if not isinstance(obj, list) or step >= len(obj):
+                return _MISSING
+            obj = obj[step]
+        else:
+            if not isinstance(obj, dict):
+                return _MISSING
+            obj = obj.get(step, _MISSING)
+        if obj is None or obj is _MISSING:
+            return _MISSING  # JSON null counts as absent: Snowplow writes every empty column so
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Where one field is: paths tried in order, then a constant; a transform; or a comparison."""
+
+    paths: tuple[tuple[bool, tuple[str | int, ...], str], ...]  # (from root, steps, as written)
+    transform: Callable[[Any], Any] | None = None
+    equals: Any = _MISSING
+    value: Any = _MISSING
+
+    def get(self, item: Any, root: Any) -> tuple[Any, str | None]:
+        """(the value or _MISSING, the path it came from: the first one when none is present)."""
+        for from_root, steps, text in self.paths:
+            value = _lookup(root if from_root else item, steps)
+            if value is not _MISSING:
+                if self.equals is not _MISSING:
+                    value = value == self.equals
+                elif self.transform is not None:
+                    value = self.transform(value)
+                return value, text
+        return self.value, (self.paths[0][2] if self.paths else None)
+
+
+def compile_rule(spec: Any) -> Rule:
+    """A field's declaration (a path, a list of paths, or {path, transform, equals, value}) as a Rule."""
+    if isinstance(spec, (str, list)):
+        spec = {"path": spec}
+    paths = spec.get("path")
+    paths = [] if paths is None else [paths] if isinstance(paths, str) else list(paths)
+    transform = spec.get("transform")
+    return Rule(
+        tuple((*parse_path(p), p.removeprefix("$.")) for p in paths),
+        TRANSFORMS[transform] if transform else None,
+        spec["equals"] if spec.get("equals") is not None else _MISSING,
+        spec["value"] if spec.get("value") is not None else _MISSING,
+    )
+
+
+def merged(format: str, each: str | None, name: Any, events: dict[str, str], fields: dict[str, Any],
+           defaults: dict[str, Any]) -> dict[str, Any]:
+    """A source's declaration over its preset: its events, fields and defaults win, one by one."""
+    base = PRESETS.get(format, {"events": {}, "fields": {}, "defaults": {}})
+    return {
+        "each": each if each is not None else base.get("each"),
+        "name": name if name is not None else base.get("name"),
+        "events": {**base["events"], **events},
+        "fields": {**base["fields"], **fields},
+        "defaults": {**base["defaults"], **defaults},
+    }
+
+
+#: Contract fields by event type: a mapping fills only these (and attributes) for an event.
+_COMMON = ("ts", "event_id", "campaign", "channel")
+_CONTRACT = {t: (*_COMMON, *TYPE_FIELDS[t], *OPTIONAL_FIELDS.get(t, {})) for t in TYPE_FIELDS}
+_ALL_CONTRACT = frozenset(f for fs in _CONTRACT.values() for f in fs) | {"type"}
+
+
+class Decoder:
+    """Turns one Kafka message of a source topic into the contract's events."""
+
+    fan_out = 1  # events one message may carry: offsets are scaled by it (FAN_OUT) when above 1
+
+    def __init__(self, implied: str | None = None) -> None:
+        self.format = "kpimon"
+        self.implied = implied
+
+    def decode(self, raw: bytes) -> list[Event]:
+        return [decode_contract(raw, self.implied)]
+
+    def events(self, obj: Any) -> list[Event]:
+        """The events of one message already parsed from JSON (a file's line)."""
+        return [validate(obj, self.implied)]
+
+
+class MappingDecoder(Decoder):
+    """A declared (or built-in) mapping from a tracker's messages onto the contract."""
+
+    def __init__(self, format: str, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.format = format
+        self.label = format
+        self.each = parse_path(spec["each"]) if spec.get("each") else None
+        self.each_text = spec.get("each")
+        self.fan_out = FAN_OUT if self.each else 1
+        self.name = compile_rule(spec["name"])
+        self.events = dict(spec["events"])
+        self.defaults = dict(spec.get("defaults") or {})
+        rules = {f: compile_rule(s) for f, s in spec["fields"].items()}
+        attributes = [(f, r) for f, r in rules.items() if f not in _ALL_CONTRACT]
+        # Per event type, the rules to apply: its contract fields, then every attribute.
+        self.rules = {t: [(f, rules[f]) for f in fields if f in rules] + attributes for t, fields in _CONTRACT.items()}
+
+    def _error(self, reason: str, where: str | None, detail: str) -> InvalidEvent:
+        return InvalidEvent(reason, f"{self.label} format, field {where}: {detail}" if where else f"{self.label} format: {detail}", where)
+
+    def decode(self, raw: bytes) -> list[Event]:
+        try:
+            root = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise self._error("invalid_json", None, f"not JSON ({str(exc)[:160]})") from None
+        return self.events(root)
+
+    def events(self, root: Any) -> list[Event]:
+        if not isinstance(root, dict):
+            raise self._error("not_an_object", None, "a message must be a JSON object")
+        if self.each is None:
+            event = self._event(root, root, "")
+            return [] if event is None else [event]
+        items = _lookup(root, self.each[1])
+        if items is _MISSING:
+            raise self._error("missing_field", self.each_text, "is required: it holds the message's events")
+        if not isinstance(items, list):
+            raise self._error("wrong_type", self.each_text, f"must be an array of events, got {type(items).__name__}")
+        if len(items) >= FAN_OUT:
+            raise self._error("invalid_value", self.each_text, f"holds {len(items)} events; at most {FAN_OUT - 1} per message")
+        out = []
+        for i, item in enumerate(items):
+            event = self._event(item, root, f"{self.each_text}[{i}].")
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _event(self, item: Any, root: Any, prefix: str) -> Event | None:
+        if not isinstance(item, dict):
+            raise self._error("not_an_object", prefix.rstrip(".") or None, "an event must be a JSON object")
+        name, name_path = self.name.get(item, root)
+        if name is _MISSING:
+            raise self._error("missing_field", self._where(prefix, name_path, self.name),
+                              "is required: it names the event")
+        etype = self.events.get(name) if isinstance(name, str) else None
+        if etype is None:
+            return None  # an event kpimon has no use for
+        obj: dict[str, Any] = {"type": etype}
+        where: dict[str, str | None] = {}
+        for field, rule in self.rules[etype]:
+            value, path = rule.get(item, root)
+            where[field] = self._where(prefix, path, rule)
+            if value is _MISSING:
+                value = self.defaults.get(field, _MISSING)
+            if value is not _MISSING:
+                obj[field] = value
+        for field, value in self.defaults.items():
+            if field in _CONTRACT[etype] and field not in obj:
+                obj[field] = value
+        try:
+            return validate(obj)
+        except InvalidEvent as exc:
+            field = exc.field or ""
+            shown = where.get(field) or field or None
+            raise self._error(exc.reason, shown, f"{exc.detail} ({name})") from None
+
+    @staticmethod
+    def _where(prefix: str, path: str | None, rule: Rule) -> str | None:
+        if path is None:
+            return None
+        from_root = next((r for r, _, text in rule.paths if text == path), False)
+        return path if from_root else prefix + path
+
+
+def decoder(format: str, implied: str | None = None, spec: dict[str, Any] | None = None) -> Decoder:
+    """The decoder of one source topic (``spec``: the merged mapping of a tracker format)."""
+    if format == "kpimon":
+        return Decoder(implied)
+    return MappingDecoder(format, spec if spec is not None else merged(format, None, None, {}, {}, {}))
+
+
+def detect(obj: Any) -> str | None:
+    """Which format one decoded message looks like (``kpimon init``, ``replay``), or None."""
+    if not isinstance(obj, dict):
+        return None
+    if isinstance(obj.get("events"), list) and ("client_id" in obj or "app_instance_id" in obj):
+        return "ga4"
+    if obj.get("type") in TYPE_FIELDS and "ts" in obj:
+        return "kpimon"
+    if obj.get("type") in ("track", "page", "screen", "identify", "group", "alias") and (
+            "messageId" in obj or "anonymousId" in obj or "userId" in obj):
+        return "segment"
+    if "event_id" in obj and ("collector_tstamp" in obj or "derived_tstamp" in obj or "event_name" in obj):
+        return "snowplow"
+    return None
