@@ -94,6 +94,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "customer_id": ["user_id", "domain_userid"],
             "new_customer": "contexts_com_kpimon_customer_1[0].new_customer",
             "cost": "unstruct_event_com_snowplowanalytics_snowplow_ad_click_1.cost",
+            "device": {"path": "contexts_nl_basjes_yauaa_context_1[0].deviceClass", "transform": "lower"},
             "country": "geo_country",
             "utm_source": "mkt_source",
             "utm_medium": "mkt_medium",
@@ -321,7 +322,7 @@ class MappingDecoder(Decoder):
         self.each_text = spec.get("each")
         self.fan_out = FAN_OUT if self.each else 1
         self.name = compile_rule(spec["name"])
-        self.events = dict(spec["events"])
+        self.names = dict(spec["events"])  # event name -> event type
         self.defaults = dict(spec.get("defaults") or {})
         rules = {f: compile_rule(s) for f, s in spec["fields"].items()}
         attributes = [(f, r) for f, r in rules.items() if f not in _ALL_CONTRACT]
@@ -365,7 +366,7 @@ class MappingDecoder(Decoder):
         if name is _MISSING:
             raise self._error("missing_field", self._where(prefix, name_path, self.name),
                               "is required: it names the event")
-        etype = self.events.get(name) if isinstance(name, str) else None
+        etype = self.names.get(name) if isinstance(name, str) else None
         if etype is None:
             return None  # an event kpimon has no use for
         obj: dict[str, Any] = {"type": etype}

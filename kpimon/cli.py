@@ -114,7 +114,7 @@ def simulate(
     config: Optional[Path] = ConfigOpt,
 ) -> None:
     """Produce realistic marketing traffic to Kafka, optionally with a CTR drop."""
-    from kpimon.simulator import DEMO_DELIVERY, Anomaly, Delivery, SimConfig, run
+    from kpimon.simulator import DEMO_DELIVERY, Anomaly, Delivery, SimConfig, run, source_topics
 
     deliveries = {"platforms": Delivery(), "demo": DEMO_DELIVERY, "live": None}
     if delivery not in deliveries:
@@ -122,9 +122,9 @@ def simulate(
     cfg = _load(config)
     sim = SimConfig(campaigns=campaigns, rate=rate, seed=seed, ctr_range=(0.04, 0.06))
     anomalies = [Anomaly(campaign=drop, factor=drop_factor, start_s=drop_at)] if drop else []
-    topic_for = {etype: topic for topic, etype in cfg.topics.types().items()}
+    topic_for, formats = source_topics(cfg.topics.sources)
     n = run(sim, bootstrap=_bootstrap(), topics=topic_for, duration_s=duration, realtime=not fast, anomalies=anomalies,
-            delivery=deliveries[delivery])
+            delivery=deliveries[delivery], formats=formats)
     out.print(f"produced {n} events")
 
 

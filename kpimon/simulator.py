@@ -24,6 +24,7 @@ import orjson
 
 from kpi_core.errors import KpimonError
 from kpimon.producer import DeliveryTracker, connect, message_key
+from kpimon.trackers import CARRIED, WRITERS
 
 log = logging.getLogger("kpimon.simulator")
 
@@ -379,6 +380,7 @@ def run(
     start_ms: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     delivery: Delivery | None = None,
+    formats: Mapping[str, str] | None = None,
 ) -> int:
     """Produce simulated events to Kafka (``topics``: event type -> topic); return how many were delivered.
 
@@ -386,9 +388,11 @@ def run(
     sent when the wall clock reaches their event time; otherwise as fast as possible.
     ``on_progress(sent, event_ts_ms)`` is called about once a second. With ``delivery``,
     events go out when they would arrive from real platforms (late spend reports,
-    restatements, lead syncs, order imports), not at their event time.
+    restatements, lead syncs, order imports), not at their event time. ``formats``
+    (topic -> tracker format) writes a topic's events as that tracker would (kpimon/trackers.py).
     """
     start = int(time.time() * 1000) if start_ms is None else start_ms
+    writers = {t: WRITERS[f] for t, f in (formats or {}).items()}
     producer = connect(bootstrap, acks=1)
     tracker = DeliveryTracker()
     sent = 0
@@ -405,7 +409,9 @@ def run(
                 wait_ms = at - time.time() * 1000
                 if wait_ms > 5:  # sleeping for less is not worth a system call per event
                     time.sleep(wait_ms / 1000)
-            future = producer.send(topic, value=orjson.dumps(obj), key=message_key(obj), timestamp_ms=ts)
+            writer = writers.get(topic)
+            value = orjson.dumps(writer(etype, obj) if writer else obj)
+            future = producer.send(topic, value=value, key=message_key(obj), timestamp_ms=ts)
             tracker.watch(future)
             sent += 1
             if on_progress is not None and time.monotonic() - last_report >= 1.0:
@@ -420,3 +426,20 @@ def run(
         # e.g. brokers reject timestamps too far ahead (log.message.timestamp.after.max.ms)
         log.warning("%d of %d simulated events were not delivered; the first error: %s", tracker.failed, sent, tracker.first_error)
     return sent - tracker.failed
+
+
+def source_topics(sources: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Where the simulator sends each event type, and in which tracker format, for a config's
+    ``topics.sources``: (event type -> topic, topic -> format).
+
+    A kpimon topic of the type wins; a type without one goes to a tracker topic that carries
+    it (the first declared). A declared ``mapping`` is a format the simulator cannot write.
+    """
+    topics = {s.type: t for t, s in sources.items() if s.type is not None}
+    formats: dict[str, str] = {}
+    for topic, s in sources.items():
+        for etype in CARRIED.get(s.format, ()):
+            if etype not in topics:
+                topics[etype] = topic
+                formats[topic] = s.format
+    return topics, formats
