@@ -465,6 +465,21 @@ class Topics(_Model):
         """Source topics that carry one event type (kpimon's contract), topic -> type."""
         return {t: s.type for t, s in self.sources.items() if s.type is not None}
 
+    def tracker_topic(self, message: Any) -> str | None:
+        """The tracker-format topic that reads a message found outside Kafka (a file's line), if any.
+
+        The first topic of the format the message looks like; a message that looks like none
+        goes to the only tracker topic there is (a declared mapping cannot be recognised).
+        """
+        found = formats.detect(message)
+        if found == "kpimon":
+            return None
+        trackers = [t for t, s in self.sources.items() if s.format != "kpimon"]
+        match = next((t for t in trackers if self.sources[t].format == found), None)
+        if match is None and found is None and len(trackers) == 1:
+            match = trackers[0]
+        return match
+
 
 #: Extra string attributes trackers commonly send; filters and breakdowns may use these.
 DEFAULT_ATTRIBUTES = ["device", "country", "region", "landing_page", "browser", "os", "utm_source", "utm_medium", "utm_campaign"]

@@ -55,6 +55,22 @@ def check_config(path: Path = typer.Argument(..., help="the kpimon.yaml to check
 
 
 @cli.command()
+def init(
+    sample: Path = typer.Argument(..., help="a JSONL or CSV file of real events: kpimon's, Segment, Snowplow or GA4"),
+    output: Path = typer.Option(Path("kpimon.yaml"), "--output", "-o", help="where to write the config"),
+    topic: Optional[str] = typer.Option(None, help="the tracker's Kafka topic (default: <format>-events)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a starting kpimon.yaml for the events a sample holds (its format is recognised)."""
+    from kpimon.init import write
+
+    s = write(sample, output, topic=topic, force=force)
+    out.print(f"[green]wrote {output}[/green]: {s.format} format, {s.messages} messages "
+              f"({', '.join(f'{n} {t}' for t, n in s.events.most_common())}; {s.skipped} skipped, {sum(s.invalid.values())} invalid)")
+    out.print(f"next: kpimon check-config {output} && kpimon replay {sample} --config {output} --format table")
+
+
+@cli.command()
 def topics(config: Optional[Path] = ConfigOpt) -> None:
     """Create the source, output and internal topics if they are missing."""
     from kpimon.topics import ensure_topics
@@ -144,7 +160,7 @@ def produce(
 
     cfg = _load(config)
     topic_for = {etype: topic for topic, etype in cfg.topics.types().items()}
-    counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for)
+    counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for, tracker_topic=cfg.topics.tracker_topic)
     for topic, n in sorted(counts.items()):
         out.print(f"{topic}: {n}")
     last = last_event_time(file)
@@ -153,7 +169,7 @@ def produce(
         # but never past now: live events may follow a recent file, and must not be late.
         settle = max(w.size for w in cfg.windows) + cfg.allowed_lateness + cfg.session_timeout
         ts = min(last + settle, int(time.time() * 1000))
-        n = send_markers(_bootstrap(), cfg.topics.sources, ts)
+        n = send_markers(_bootstrap(), list(cfg.topics.sources), ts)
         out.print(f"progress markers: {n} (every source partition is complete up to {ts} ms)")
 
 

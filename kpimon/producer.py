@@ -212,20 +212,27 @@ def produce_file(
     topics: Mapping[str, str],
     default_topic: str | None = None,
     security: KafkaSecurity | None = None,
+    tracker_topic: Callable[[Any], str | None] | None = None,
 ) -> dict[str, int]:
     """Send every event in ``path`` to the topic of its type (``topics``: event type -> topic); return counts per topic.
 
     Events whose type has no topic go to ``default_topic``; without one, the file is
     rejected before anything is sent. Each message carries its event's time.
+    ``tracker_topic(message)`` names the topic of a tracker's message (Segment, GA4, ...), if any.
     """
     path = Path(path)
+
+    def route(obj: Mapping[str, Any], line: int) -> str:
+        topic = tracker_topic(obj) if tracker_topic is not None else None
+        return topic or _route(obj, topics, default_topic, path, line)
+
     for line, obj, _ in _records(path):  # a first pass, so a bad line sends nothing at all
-        _route(obj, topics, default_topic, path, line)
+        route(obj, line)
     counts: dict[str, int] = {}
 
     def send(producer: KafkaProducer, tracker: DeliveryTracker) -> int:
         for line, obj, value in _records(path):
-            topic = _route(obj, topics, default_topic, path, line)
+            topic = route(obj, line)
             tracker.watch(producer.send(topic, value=value, key=message_key(obj), timestamp_ms=_timestamp(obj)))
             counts[topic] = counts.get(topic, 0) + 1
         return sum(counts.values())

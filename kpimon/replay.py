@@ -26,15 +26,25 @@ def routed(plan: Plan, rows: Iterator[dict[str, Any]], invalid: dict[str, int]) 
     """Validate file rows into pipeline events; count the invalid ones by reason.
 
     Each event type reads as its topic's partition 0, so each source's own progress
-    (late data, config.arrival) is judged as it would be live.
+    (late data, config.arrival) is judged as it would be live. A tracker's message
+    (docs/formats.md) is read by the config's topic of that format, as live.
     """
+    topics = plan.config.topics
+    trackers = any(s.format != "kpimon" for s in topics.sources.values())
     for offset, obj in enumerate(rows):
+        topic = topics.tracker_topic(obj) if trackers else None
         try:
-            ev = validate(obj)
+            if topic is None:
+                ev = validate(obj)
+                yield (plan.source_of(ev.type), offset, ev.type, ev.ts, ev.data)
+                continue
+            decoder = plan.decoders[topic]
+            events = decoder.events(obj)
         except InvalidEvent as exc:
             invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
             continue
-        yield (plan.source_of(ev.type), offset, ev.type, ev.ts, ev.data)
+        for i, ev in enumerate(events):
+            yield (f"{topic}:0", offset * decoder.fan_out + i, ev.type, ev.ts, ev.data)
 
 
 def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Console) -> list[Snapshot]:
