@@ -5,10 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -87,7 +84,7 @@ def _env() -> dict[str, str]:
 @cli.command()
 def worker(
     config: Optional[Path] = ConfigOpt,
-    loglevel: str = typer.Option("info", help="debug, info, warning or error"),
+    loglevel: str = typer.Option("warning", help="debug, info, warning or error (warning: only what needs a person)"),
 ) -> None:
     """Run a stream worker. Start more to share the partitions (same KPIMON_APP_ID)."""
     import faust
@@ -111,8 +108,17 @@ def worker(
     delivery = build_delivery(settings.slack, default_channel=cfg.alerting.default_channel)
     silences = SilenceWatcher(settings.worker.bootstrap, cfg.topics.silences, security=settings.kafka)
     pipeline = Pipeline(plan, settings.worker, delivery, Metrics(plan), silences, security=settings.kafka)
+    level = loglevel.upper()
+    if level not in ("DEBUG", "INFO"):
+        # The frameworks' warnings ("Timer commit is overlapping", a slow task "blocking the event
+        # loop", "Idempotence will be disabled") are routine under load and ask nothing of anyone;
+        # kpimon's own loggers report what does (a lost broker, a refused Slack token, a crash).
+        for name in FRAMEWORK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    err.print(f"kpimon worker {settings.worker.app_id}: {len(cfg.topics.sources)} source topics, "
+              f"metrics on port {settings.worker.metrics_port or cfg.metrics_port}; logging at {level}", highlight=False)
     # Without redirect_stdouts=False, Faust re-logs the console alerts as WARNING lines.
-    faust.Worker(pipeline.app, loglevel=loglevel.upper(), quiet=True, redirect_stdouts=False).execute_from_commandline()
+    faust.Worker(pipeline.app, loglevel=level, quiet=True, redirect_stdouts=False).execute_from_commandline()
 
 
 @cli.command()
@@ -282,31 +288,14 @@ def backtest(
         out.print(f"chart: {p}")
 
 
-def _show_cpa(bootstrap: str, topic: str) -> None:
-    """The demo's total CPA per window, as it goes from provisional to final."""
-    from kafka import KafkaConsumer
-
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="latest", group_id=None)
-    for record in consumer:
-        snap = orjson.loads(record.value)
-        if snap["breakdown"] != "total" or snap["phase"] != "events":
-            continue
-        if "cpa" in snap["provisional"]:
-            out.print(f"  {snap['start'][11:19]} CPA {_money(snap['provisional']['cpa'])} provisional (waiting for {', '.join(snap['waiting_for'])})")
-        elif snap["version"] > 1 and "cpa" in snap["kpis"]:
-            out.print(f"  {snap['start'][11:19]} CPA {_money(snap['kpis']['cpa'])} [bold]final[/bold] (spend {snap['measures']['spend']:,.2f})")
-
-
-def _money(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
-
-
 @cli.command()
 def demo(
     duration: float = typer.Option(150.0, help="seconds to run the simulator"),
     port: int = typer.Option(6066, help="metrics port"),
 ) -> None:
-    """Start Kafka, a worker and the simulator with a CTR drop; show the alert. Ctrl-C stops all."""
+    """Start Kafka, a worker and the simulator with a CTR drop; watch the KPIs and the alert live. Ctrl-C stops all."""
+    from kpimon import demo as demo_mod
+
     root = project_root()
     demo_cfg = root / "deploy" / "demo" / "kpimon.yaml"
     env = dict(os.environ)
@@ -319,41 +308,19 @@ def demo(
         if was_running:
             started_broker = None  # not ours to stop
     env.setdefault("KPIMON_APP_ID", f"kpimon-demo-{int(time.time())}")
-    procs: list[subprocess.Popen[bytes]] = []
+    env["KPIMON_METRICS_PORT"] = str(port)
+    log_path = root / ".cache" / "demo" / f"{env['KPIMON_APP_ID']}.log"
     try:
-        kpimon = [sys.executable, "-m", "kpimon.cli"]
-        out.print(f"starting the worker (config {demo_cfg}) ...")
-        procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(demo_cfg)], env=env))
-        time.sleep(8)
-        out.print("starting the simulator: 20 campaigns, camp-003's CTR drops 85% after 15 s ...")
-        sim = ["simulate", "--config", str(demo_cfg), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15", "--delivery", "demo"]
-        procs.append(
-            subprocess.Popen(
-                [*kpimon, *sim, "--drop-at", "15", "--duration", str(duration)],
-                env=env,
-            )
-        )
-        out.print(f"[bold]metrics:[/bold] http://localhost:{port}/metrics   (alerts print below; Ctrl-C to stop)")
-        out.print("spend comes as minute reports a minute late: each window's CPA is provisional first, then final")
-        watcher = threading.Thread(target=_show_cpa, args=(env["KAFKA_BOOTSTRAP_SERVERS"], _load(demo_cfg).topics.snapshots), daemon=True)
-        watcher.start()
-        procs[-1].wait()
-        out.print("simulation finished; the worker keeps running until Ctrl-C")
-        procs[0].wait()
-    except KeyboardInterrupt:
-        out.print("stopping ...")
+        demo_mod.run(root, demo_cfg, _load(demo_cfg), bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"], env=env, duration=duration,
+                     port=port, log_path=log_path, console=out)
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
         if started_broker is not None:
             started_broker.down()
+        out.print(f"logs: {log_path}")
 
+
+#: Loggers of the libraries under the worker: quiet (errors only) unless --loglevel info or debug.
+FRAMEWORK_LOGGERS = ("faust", "mode", "aiokafka", "kafka")
 
 #: Python's cyclic GC runs a young collection every 700 allocations and a full one when objects
 #: promoted since the last grow by a quarter. A batch of 10,000 events lives just long enough to

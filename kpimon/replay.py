@@ -91,8 +91,8 @@ def replay_file(path: Path, config: Config, *, fmt: str, out: Console, err: Cons
         by_type: dict[str, int] = {}
         for _, _, etype, _, _ in late:
             by_type[etype] = by_type.get(etype, 0) + 1
-        err.print(f"late events not counted (more than allowed_lateness behind the file's event time when read; "
-                  f"live they go to late-events): " + ", ".join(f"{t}={n}" for t, n in sorted(by_type.items())))
+        err.print("late events not counted (more than allowed_lateness behind the file's event time when read; "
+                  "live they go to late-events): " + ", ".join(f"{t}={n}" for t, n in sorted(by_type.items())))
     return snapshots
 
 

@@ -88,7 +88,7 @@ class Worker:
         """Start the process; with ``wait=False`` return at once (it may still be recovering)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path)],
+                [sys.executable, "-m", "kpimon.cli", "worker", "--config", str(self.config_path), "--loglevel", "info"],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )
         if wait:
