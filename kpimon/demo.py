@@ -8,6 +8,7 @@ what any consumer could: the snapshots topic and the alerts outbox topic.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -135,6 +136,14 @@ def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: d
     kpimon = [sys.executable, "-m", "kpimon.cli"]
     procs: list[subprocess.Popen[bytes]] = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # This process's own libraries (kafka-python under the view) log to the file too: a line
+    # on the terminal would tear the live view.
+    root_logger = logging.getLogger()
+    for handler in list(root_logger.handlers):
+        root_logger.removeHandler(handler)
+    file_handler = logging.FileHandler(log_path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger.addHandler(file_handler)
     view = LiveView(config, window=config.windows[0].name)
     lock, stop = threading.Lock(), threading.Event()
     header = (f"kpimon demo · broker {bootstrap} · metrics http://localhost:{port}/metrics\n"
