@@ -369,7 +369,7 @@ class FieldSpec(_Model):
     root inside ``each``), then a constant ``value``; an optional transform; or ``equals``, true
     when the field equals it."""
 
-    path: str | list[str] | None = None
+    path: str | list[str | list[str]] | None = None  # a place that is a list joins its values with ":"
     value: str | bool | float | int | None = None
     transform: Literal[tuple(formats.TRANSFORMS)] | None = None  # type: ignore[valid-type]
     equals: str | bool | float | int | None = None
@@ -382,8 +382,9 @@ class FieldSpec(_Model):
     @field_validator("path")
     @classmethod
     def _paths(cls, value: Any) -> Any:
-        for p in [value] if isinstance(value, str) else value or []:
-            formats.parse_path(p)
+        for place in [value] if isinstance(value, str) else value or []:
+            for p in [place] if isinstance(place, str) else place:
+                formats.parse_path(p)
         return value
 
 

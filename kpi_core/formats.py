@@ -54,7 +54,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "campaign": "context.campaign.name",
             "channel": {"path": "context.campaign.medium", "transform": "channel"},
             "visitor_id": {"path": ["anonymousId", "userId"], **_ID},
-            "session_id": {"path": ["context.sessionId", "properties.session_id", "anonymousId", "userId"], **_ID},
+            # RudderStack's sessionId is the session's start in ms: unique per device, not across them.
+            "session_id": {"path": [["anonymousId", "context.sessionId"], ["userId", "context.sessionId"],
+                                    "properties.session_id", "anonymousId", "userId"], **_ID},
             "page": ["properties.path", "context.page.path", "name"],
             "lead_id": {"path": ["properties.lead_id", "userId", "anonymousId"], **_ID},
             "stage": "properties.stage",
@@ -112,7 +114,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "campaign": ["params.campaign", "params.campaign_id"],
             "channel": {"path": "params.medium", "transform": "channel"},
             "visitor_id": {"path": ["$.client_id", "$.app_instance_id"], **_ID},
-            "session_id": {"path": "params.session_id", **_ID},
+            # GA4's session_id is the session's start in seconds: unique per client, not across clients.
+            "session_id": {"path": [["$.client_id", "params.session_id"], ["$.app_instance_id", "params.session_id"]], **_ID},
             "page": {"path": ["params.page_location", "params.page_path"], "transform": "url_path"},
             "lead_id": {"path": ["params.lead_id", "$.user_id", "$.client_id", "$.app_instance_id"], **_ID},
             "stage": "params.stage",
@@ -238,37 +241,58 @@ def _lookup(obj: Any, steps: tuple[str | int, ...]) -> Any:
     return obj
 
 
+#: One place a field may be: the parts (from the message root?, steps, as written) whose values
+#: are joined with ":" (one part: the value itself).
+Where = tuple[tuple[bool, tuple[str | int, ...], str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Where one field is: paths tried in order, then a constant; a transform; or a comparison."""
+    """Where one field is: places tried in order, then a constant; a transform; or a comparison."""
 
-    paths: tuple[tuple[bool, tuple[str | int, ...], str], ...]  # (from root, steps, as written)
+    places: tuple[Where, ...]
     transform: Callable[[Any], Any] | None = None
     equals: Any = _MISSING
     value: Any = _MISSING
 
-    def get(self, item: Any, root: Any) -> tuple[Any, str | None]:
-        """(the value or _MISSING, the path it came from: the first one when none is present)."""
-        for from_root, steps, text in self.paths:
-            value = _lookup(root if from_root else item, steps)
-            if value is not _MISSING:
-                if self.equals is not _MISSING:
-                    value = value == self.equals
-                elif self.transform is not None:
-                    value = self.transform(value)
-                return value, text
-        return self.value, (self.paths[0][2] if self.paths else None)
+    def get(self, item: Any, root: Any, prefix: str = "") -> tuple[Any, str | None]:
+        """(the value or _MISSING, where it came from; when absent, the first missing part of the first place).
+
+        ``prefix`` (``events[2].``) is put before paths read from the item, for messages.
+        """
+        for place in self.places:
+            values = [_lookup(root if from_root else item, steps) for from_root, steps, _ in place]
+            if _MISSING in values:
+                continue
+            value = values[0] if len(values) == 1 else ":".join(str(_string(v)) for v in values)
+            if self.equals is not _MISSING:
+                value = value == self.equals
+            elif self.transform is not None:
+                value = self.transform(value)
+            return value, _shown(place, prefix)
+        if not self.places:
+            return self.value, None
+        first = self.places[0]
+        missing = [part for part in first if _lookup(root if part[0] else item, part[1]) is _MISSING] or list(first)
+        return self.value, _shown((missing[0],), prefix)
+
+
+def _shown(place: Where, prefix: str) -> str:
+    return " + ".join(text if from_root else prefix + text for from_root, _, text in place)
 
 
 def compile_rule(spec: Any) -> Rule:
-    """A field's declaration (a path, a list of paths, or {path, transform, equals, value}) as a Rule."""
+    """A field's declaration as a Rule: a path, a list of places (a place that is itself a list
+    of paths joins their values with ":"), or {path, transform, equals, value}."""
     if isinstance(spec, (str, list)):
         spec = {"path": spec}
     paths = spec.get("path")
     paths = [] if paths is None else [paths] if isinstance(paths, str) else list(paths)
     transform = spec.get("transform")
+    places = tuple(tuple((*parse_path(p), p.removeprefix("$.")) for p in ([place] if isinstance(place, str) else place))
+                   for place in paths)
     return Rule(
-        tuple((*parse_path(p), p.removeprefix("$.")) for p in paths),
+        places,
         TRANSFORMS[transform] if transform else None,
         spec["equals"] if spec.get("equals") is not None else _MISSING,
         spec["value"] if spec.get("value") is not None else _MISSING,
@@ -362,18 +386,16 @@ class MappingDecoder(Decoder):
     def _event(self, item: Any, root: Any, prefix: str) -> Event | None:
         if not isinstance(item, dict):
             raise self._error("not_an_object", prefix.rstrip(".") or None, "an event must be a JSON object")
-        name, name_path = self.name.get(item, root)
+        name, name_path = self.name.get(item, root, prefix)
         if name is _MISSING:
-            raise self._error("missing_field", self._where(prefix, name_path, self.name),
-                              "is required: it names the event")
+            raise self._error("missing_field", name_path, "is required: it names the event")
         etype = self.names.get(name) if isinstance(name, str) else None
         if etype is None:
             return None  # an event kpimon has no use for
         obj: dict[str, Any] = {"type": etype}
         where: dict[str, str | None] = {}
         for field, rule in self.rules[etype]:
-            value, path = rule.get(item, root)
-            where[field] = self._where(prefix, path, rule)
+            value, where[field] = rule.get(item, root, prefix)
             if value is _MISSING:
                 value = self.defaults.get(field, _MISSING)
             if value is not _MISSING:
@@ -387,13 +409,6 @@ class MappingDecoder(Decoder):
             field = exc.field or ""
             shown = where.get(field) or field or None
             raise self._error(exc.reason, shown, f"{exc.detail} ({name})") from None
-
-    @staticmethod
-    def _where(prefix: str, path: str | None, rule: Rule) -> str | None:
-        if path is None:
-            return None
-        from_root = next((r for r, _, text in rule.paths if text == path), False)
-        return path if from_root else prefix + path
 
 
 def decoder(format: str, implied: str | None = None, spec: dict[str, Any] | None = None) -> Decoder:

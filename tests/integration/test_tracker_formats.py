@@ -34,7 +34,8 @@ from kpimon.trackers import CARRIED, WRITERS
 from tests.support.worker import Worker, close_input, topic_names
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trackers"
-T0 = 1_709_632_800_000  # 2024-03-05T10:00:00Z
+T0 = 1_709_632_800_000  # 2024-03-05T10:00:00Z: the fixtures' hour
+T_SIM = T0 + 3_600_000  # the simulated traffic follows it (a page view late for a closed window starts no session)
 TRACKERS = ("segment", "snowplow", "ga4")
 FORMATS = ("kpimon", *TRACKERS)
 SIM_SECONDS = 600
@@ -83,7 +84,7 @@ def _config(prefix: str) -> dict[str, Any]:
 
 def _simulated() -> list[tuple[str, dict[str, Any]]]:
     sim = SimConfig(campaigns=4, rate=4.0, spend_interval_s=60, seed=11)
-    return list(generate(sim, start_ms=T0, duration_s=SIM_SECONDS))
+    return list(generate(sim, start_ms=T_SIM, duration_s=SIM_SECONDS))
 
 
 def _messages(prefix: str, topics: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
@@ -110,19 +111,19 @@ def run(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     worker.start()
     try:
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=20, batch_size=256 * 1024)
-        for topic, value in _messages(prefix, config["topics"]):
-            producer.send(topic, value=value)
-        for fmt in TRACKERS:
-            if not (FIXTURES / f"{fmt}.jsonl").exists(): continue  # TEMP
+        for fmt in TRACKERS:  # the fixtures' hour first: the simulated hour after it
             for line in (FIXTURES / f"{fmt}.jsonl").read_bytes().splitlines():
                 if line.strip():
                     producer.send(f"{prefix}-{fmt}", value=line)
-        for bad in (_bad() if (FIXTURES / "bad.jsonl").exists() else []):  # TEMP
+        for bad in _bad():
             producer.send(f"{prefix}-{bad['format']}", value=orjson.dumps(bad["message"]))
+        producer.flush()
+        for topic, value in _messages(prefix, config["topics"]):
+            producer.send(topic, value=value)
         producer.flush()
         producer.close()
         # Past the last hour and its sessions' timeout, on every source.
-        close_input(kafka_bootstrap, prefix, T0 + 3 * 3_600_000, config["topics"]["partitions"],
+        close_input(kafka_bootstrap, prefix, T_SIM + 3 * 3_600_000, config["topics"]["partitions"],
                     topics=[t.removeprefix(f"{prefix}-") for t in config["topics"]["sources"]])
         yield {"worker": worker, "prefix": prefix, "bootstrap": kafka_bootstrap, "config": config}
     finally:
@@ -153,7 +154,7 @@ def snapshots(run: dict[str, Any]) -> list[dict[str, Any]]:
     events = [(plan.source_of(t), i, t, e["ts"], {k: v for k, v in e.items() if k not in ("type", "ts")})
               for i, (t, e) in enumerate(_simulated())]
     per_format = sum(1 for s in run_all(plan, events) if s.dims and s.dims[0] == "campaign")
-    fixture_hours = set() if not (FIXTURES / "expected.json").exists() else {(f, c) for f in TRACKERS for c in orjson.loads((FIXTURES / "expected.json").read_bytes())[f]}  # TEMP
+    fixture_hours = {(f, c) for f in TRACKERS for c in orjson.loads((FIXTURES / "expected.json").read_bytes())[f]}
 
     def enough(records: list[Any]) -> bool:
         snaps = [orjson.loads(r.value) for r in records]
@@ -256,8 +257,8 @@ def test_skipped_messages_are_counted_per_topic(run: dict[str, Any], snapshots: 
 def test_broken_messages_reach_dead_letters_naming_format_and_field(run: dict[str, Any], snapshots: list[dict[str, Any]]) -> None:
     bad = _bad()
     records = _consume(run["bootstrap"], run["config"]["topics"]["dead_letters"], lambda r: len(r) >= len(bad), timeout=30)
-    got = sorted((dict(r.headers)["kpimon-source-topic"].decode(), orjson.loads(r.value) if r.value.startswith(b"{") else r.value,
-                  dict(r.headers)["kpimon-detail"].decode()) for r in records)
+    got = [(dict(r.headers)["kpimon-source-topic"].decode(), orjson.loads(r.value) if r.value.startswith(b"{") else r.value,
+            dict(r.headers)["kpimon-detail"].decode()) for r in records]
     assert len(got) == len(bad)
     for case in bad:
         topic = f"{run['prefix']}-{case['format']}"

@@ -49,7 +49,8 @@ def test_segment_page_with_rudderstack_session_and_no_campaign():
            "context": {"sessionId": 1709632790123, "page": {"path": "/pricing"}}, "properties": {"title": "Pricing"}}
     (ev,) = decode("segment", msg)
     assert ev.type == "pageview" and ev.ts == T0 + 1000
-    assert ev.data["session_id"] == "1709632790123" and ev.data["page"] == "/pricing"
+    # RudderStack's sessionId is a start time in ms: unique per device only, so the device's id leads.
+    assert ev.data["session_id"] == "a-9:1709632790123" and ev.data["page"] == "/pricing"
     assert (ev.data["campaign"], ev.data["channel"], ev.data["visitor_id"]) == ("(not set)", "direct", "a-9")
 
 
@@ -89,7 +90,7 @@ def test_ga4_message_carries_several_events_and_reads_message_fields():
            ]}
     pv, order = decode("ga4", msg)
     assert (pv.type, pv.ts, order.type, order.ts) == ("pageview", T0, "order", T0 + 2000)
-    assert pv.data["page"] == "/offers" and pv.data["session_id"] == "1709632700" and pv.data["visitor_id"] == "123.456"
+    assert pv.data["page"] == "/offers" and pv.data["session_id"] == "123.456:1709632700" and pv.data["visitor_id"] == "123.456"
     assert (order.data["customer_id"], order.data["revenue"], order.data["new_customer"]) == ("u-3", 30.5, False)
     assert order.data["device"] == "tablet" and order.data["country"] == "BR"
     assert formats.decoder("ga4").fan_out == formats.FAN_OUT and formats.decoder("segment").fan_out == 1
@@ -114,6 +115,17 @@ def test_a_broken_message_names_its_format_and_field(fmt, msg, reason, field):
     assert exc.reason == reason
     assert exc.field == field
     assert exc.detail.startswith(f"{fmt} format, field {field}: ")
+
+
+def test_ga4_sessions_of_two_clients_starting_in_the_same_second_stay_apart():
+    def view(client: str) -> str:
+        msg = {"client_id": client, "timestamp_micros": 1709632800000000,
+               "events": [{"name": "page_view", "params": {"session_id": 1709632800, "page_location": "https://x.example/"}}]}
+        return decode("ga4", msg)[0].data["session_id"]
+
+    assert view("111.1") != view("222.2")
+    exc = error("ga4", {"client_id": "c", "timestamp_micros": 1709632800000000, "events": [{"name": "page_view", "params": {}}]})
+    assert (exc.reason, exc.field) == ("missing_field", "events[0].params.session_id")
 
 
 def test_not_json_and_too_many_events():
