@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from rich import box
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -31,8 +32,8 @@ from kpi_core.incidents import AlertEvent
 from kpi_core.results import format_value
 
 #: The view's columns: (KPI, heading). Missing KPIs of the config show as "-".
-COLUMNS = (("ctr", "CTR"), ("cpc", "CPC"), ("conversion_rate", "conversion"), ("bounce_rate", "bounce rate"), ("cpa", "CPA"))
-MAX_ALERTS = 6
+COLUMNS = (("ctr", "CTR"), ("cpc", "CPC"), ("conversion_rate", "conv."), ("bounce_rate", "bounce"), ("cpa", "CPA"))
+MAX_ALERTS = 4  # lines: the newest alert's title and first finding, then the one before
 
 
 @dataclass
@@ -70,30 +71,44 @@ class LiveView:
             return
         firing = [f for f in event.findings if f.status == "firing"]
         if event.status == "firing" and firing:
-            self.firing[campaign] = ", ".join(f"{f.kpi} {event.severity}" for f in firing)
+            self.firing[campaign] = ", ".join(f.kpi for f in firing)
         else:
             self.firing.pop(campaign, None)
 
+    def _line(self, kpi: str, group: dict[str, str]) -> float | None:
+        target = self.config.targets.get(kpi)
+        return target.for_group(group) if target else None
+
     def _cell(self, kpi: str, campaign: str) -> Text:
+        """The value, red on the wrong side of its target (shown when it differs from the column's)."""
         value = self.rows.get(campaign, {}).get(kpi)
         k = self.config.kpis.get(kpi)
         if value is None or value[0] is None or k is None:
             return Text("-", style="dim")
         shown = ("~" if value[2] else "") + format_value(value[0], k.unit)
-        target = self.config.targets.get(kpi)
-        line = target.for_group({"campaign": campaign}) if target else None
+        line = self._line(kpi, {"campaign": campaign})
         if line is None:
             return Text(shown)
+        if line != self._line(kpi, {}):
+            shown += f" / {format_value(line, k.unit)}"
         bad = value[0] < line if k.direction == "higher" else value[0] > line
-        return Text(f"{shown} / {format_value(line, k.unit)}", style="bold red" if bad else "green")
+        return Text(shown, style="bold red" if bad else "green")
+
+    def _heading(self, kpi: str, name: str) -> str:
+        k, line = self.config.kpis.get(kpi), self._line(kpi, {})
+        if k is None or line is None:
+            return name
+        return f"{name}\n{'≥' if k.direction == 'higher' else '≤'}{format_value(line, k.unit)}"
 
     def render(self, header: str) -> Group:
-        table = Table(title=f"latest closed {self.window} window per campaign (value / target)", expand=False)
-        table.add_column("campaign")
-        table.add_column("window")
-        for _, heading in COLUMNS:
-            table.add_column(heading, justify="right")
-        table.add_column("alert")
+        # No vertical rules: the view fits an 80-column terminal.
+        table = Table(title=f"latest closed {self.window} window per campaign (target under each KPI)", expand=False,
+                      box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1), pad_edge=False, collapse_padding=True)
+        table.add_column("campaign", no_wrap=True, min_width=8)
+        table.add_column("window", no_wrap=True, min_width=8)
+        for kpi, name in COLUMNS:
+            table.add_column(self._heading(kpi, name), justify="right", no_wrap=True, min_width=7)
+        table.add_column("alert", no_wrap=True, max_width=16, overflow="ellipsis")
         for campaign in sorted(self.rows):
             starts = [v[1] for v in self.rows[campaign].values()]
             start = max(starts)[11:19] if starts else "-"  # ISO-8601 UTC: the time of day
@@ -101,10 +116,11 @@ class LiveView:
             table.add_row(campaign, start, *(self._cell(k, campaign) for k, _ in COLUMNS),
                           Text(f"FIRING {alert}", style="bold red") if alert else Text("ok", style="green"))
         if not self.rows:
-            table.add_row("waiting for the first window to close ...", *[""] * (len(COLUMNS) + 2))
+            table.add_row("waiting ...", "", *[""] * len(COLUMNS), "")
         alerts = Text("\n".join(self.alerts) if self.alerts else "none yet", style="bold" if self.alerts else "dim")
-        legend = Text("~ provisional: waits for late data (spend reports, order imports) before it is final", style="dim")
-        return Group(Text(header), table, legend, Panel(alerts, title="alerts (as sent to Slack)", expand=False))
+        legend = Text("~ provisional: waits for late data (spend reports, order imports)", style="dim")
+        # Alerts above the table: a short terminal crops the table's last rows, never an alert.
+        return Group(Text(header), Panel(alerts, title="alerts (as sent to Slack)", expand=False), table, legend)
 
 
 def _follow(bootstrap: str, config: Config, view: LiveView, lock: threading.Lock, stop: threading.Event) -> None:
@@ -148,7 +164,7 @@ def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: d
     lock, stop = threading.Lock(), threading.Event()
     header = (f"kpimon demo · broker {bootstrap} · metrics http://localhost:{port}/metrics\n"
               f"worker and simulator logs: {log_path}\n"
-              f"20 campaigns; the trackers' events arrive as Segment messages; camp-003's CTR drops 85% after 15 s. Ctrl-C stops.")
+              f"20 campaigns, web events as Segment messages; camp-003's CTR drops 85% at 15 s. Ctrl-C stops.")
     with log_path.open("ab") as log:
         try:
             procs.append(subprocess.Popen([*kpimon, "worker", "--config", str(config_path)], env=env, stdout=log,

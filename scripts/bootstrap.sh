@@ -7,21 +7,22 @@ PYTHON="${PYTHON:-python3}"
 say() { printf '==> %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
 
-if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null; then
-  command -v apt-get >/dev/null || die "promtool and kcat are missing and apt-get is not available; install prometheus and kcat by hand"
+# tmux: the demo's test runs `kpimon demo` in a terminal, as a new user would.
+if ! command -v promtool >/dev/null || ! command -v kcat >/dev/null || ! command -v tmux >/dev/null; then
+  command -v apt-get >/dev/null || die "promtool, kcat or tmux is missing and apt-get is not available; install prometheus, kcat and tmux by hand"
   if [ "$(id -u)" -eq 0 ]; then
     SUDO=""
   elif command -v sudo >/dev/null; then
     SUDO="sudo"
   else
-    die "installing prometheus and kcat needs root or sudo"
+    die "installing prometheus, kcat and tmux needs root or sudo"
   fi
-  say "installing prometheus (promtool) and kcat with apt-get"
+  say "installing prometheus (promtool), kcat and tmux with apt-get"
   $SUDO apt-get update -qq
   # env, because sudo drops DEBIAN_FRONTEND; no recommends, to skip node-exporter and friends.
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus kcat >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus kcat tmux >/dev/null
 fi
-say "promtool and kcat: ok"
+say "promtool, kcat and tmux: ok"
 
 command -v java >/dev/null || die "java not found: Kafka 4 needs Java 17+ (e.g. apt-get install openjdk-17-jre-headless)"
 java_version="$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ {print $2}')"
