@@ -25,7 +25,7 @@ def _text(view: LiveView) -> str:
 
 
 def _row(text: str, campaign: str) -> str:
-    return next(line for line in text.splitlines() if campaign in line)
+    return next(line for line in text.splitlines() if line.startswith(campaign))  # the table's row, not an alert
 
 
 def test_rows_show_the_latest_window_against_targets_and_provisional_values() -> None:
