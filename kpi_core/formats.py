@@ -341,7 +341,6 @@ class MappingDecoder(Decoder):
     def __init__(self, format: str, spec: dict[str, Any]) -> None:
         super().__init__()
         self.format = format
-        self.label = format
         self.each = parse_path(spec["each"]) if spec.get("each") else None
         self.each_text = spec.get("each")
         self.fan_out = FAN_OUT if self.each else 1
@@ -354,7 +353,7 @@ class MappingDecoder(Decoder):
         self.rules = {t: [(f, rules[f]) for f in fields if f in rules] + attributes for t, fields in _CONTRACT.items()}
 
     def _error(self, reason: str, where: str | None, detail: str) -> InvalidEvent:
-        return InvalidEvent(reason, f"{self.label} format, field {where}: {detail}" if where else f"{self.label} format: {detail}", where)
+        return InvalidEvent(reason, f"{self.format} format, field {where}: {detail}" if where else f"{self.format} format: {detail}", where)
 
     def decode(self, raw: bytes) -> list[Event]:
         try:
