@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import orjson
 import typer
@@ -169,7 +169,7 @@ def produce(
     counts = produce_file(file, bootstrap=_bootstrap(), topics=topic_for, tracker_topic=cfg.topics.tracker_topic)
     for topic, n in sorted(counts.items()):
         out.print(f"{topic}: {n}")
-    last = last_event_time(file)
+    last = last_event_time(file, _tracker_times(cfg))
     if complete and last is not None:
         # Past the end of the last event's largest window, its lateness and its sessions phase,
         # but never past now: live events may follow a recent file, and must not be late.
@@ -177,6 +177,25 @@ def produce(
         ts = min(last + settle, int(time.time() * 1000))
         n = send_markers(_bootstrap(), list(cfg.topics.sources), ts)
         out.print(f"progress markers: {n} (every source partition is complete up to {ts} ms)")
+
+
+def _tracker_times(cfg: config_mod.Config) -> Callable[[Any], list[int]]:
+    """A tracker message's event times, read by the config's topic of its format ([] for others)."""
+    from kpi_core.errors import InvalidEvent
+    from kpi_core.plan import Plan
+
+    decoders = Plan(cfg).decoders
+
+    def times(message: Any) -> list[int]:
+        topic = cfg.topics.tracker_topic(message)
+        if topic is None:
+            return []
+        try:
+            return [ev.ts for ev in decoders[topic].events(message)]
+        except InvalidEvent:
+            return []  # the worker dead-letters it; it moves no window
+
+    return times
 
 
 @cli.command()

@@ -282,7 +282,13 @@ def send_markers(bootstrap: str, topics: Iterable[str], ts: int, *, security: Ka
     return _send_all(bootstrap, security, "progress markers", send, max_block_ms=5_000)
 
 
-def last_event_time(path: Path) -> int | None:
-    """The largest valid ``ts`` in a file (None if it has none)."""
-    times = [t for t in (_timestamp(obj) for obj in read_events(path)) if t is not None]
-    return max(times, default=None)
+def last_event_time(path: Path, times_of: Callable[[Any], list[int]] | None = None) -> int | None:
+    """The largest valid event time in a file (None if it has none).
+
+    ``times_of(message)`` gives a tracker message's event times (docs/formats.md); others use ``ts``.
+    """
+    def times(obj: Any) -> list[int]:
+        found = times_of(obj) if times_of is not None else []
+        return found or [t for t in (_timestamp(obj),) if t is not None]
+
+    return max((t for obj in read_events(path) for t in times(obj)), default=None)

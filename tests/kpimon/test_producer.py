@@ -267,3 +267,23 @@ def test_last_event_time_is_the_largest_valid_ts(tmp_path: Path) -> None:
     path = _write(tmp_path, "e.jsonl", b'{"ts": 1714564800500}\n{"ts": "2024-05-01T12:00:02Z"}\n{"ts": "not a time"}\n{"ts": 1714564801000}')
     assert last_event_time(path) == 1_714_564_802_000
     assert last_event_time(_write(tmp_path, "none.jsonl", b'{"ts": "x"}')) is None
+
+
+def test_produce_sends_tracker_messages_to_the_topic_of_their_format(tmp_path: Path, fake_kafka: type[FakeProducer]) -> None:
+    """A file mixing kpimon events and GA4 request bodies: each line to its topic, as the worker reads them."""
+    from kpi_core import config as config_mod
+    from kpimon.cli import _tracker_times
+
+    cfg = config_mod.from_dict({"measures": {"orders": {"event": "order"}}, "kpis": {"orders": {"measure": "orders"}},
+                                "topics": {"sources": {"ad-clicks": "click", "ga4-mp": "ga4"}}})
+    ga4 = (b'{"client_id": "c.1", "timestamp_micros": "1714564805000000", "events": '
+           b'[{"name": "purchase", "params": {"transaction_id": "T1", "value": 20}}]}')
+    click = b'{"type": "click", "ts": 1714564800000, "campaign": "spring", "channel": "email", "cost": 0.5}'
+    path = _write(tmp_path, "mixed.jsonl", click + b"\n" + ga4 + b"\n")
+    counts = produce_file(path, bootstrap="localhost:1", topics={"click": "ad-clicks"},
+                          tracker_topic=cfg.topics.tracker_topic)
+    assert counts == {"ad-clicks": 1, "ga4-mp": 1}
+    assert [(topic, value) for topic, value, _, _ in fake_kafka.instances[0].sent] == [("ad-clicks", click), ("ga4-mp", ga4)]
+    # --complete closes windows up to the last event time, a GA4 purchase's included.
+    assert last_event_time(path) == 1714564800000
+    assert last_event_time(path, _tracker_times(cfg)) == 1714564805000
