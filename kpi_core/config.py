@@ -566,6 +566,13 @@ class Config(_Model):
                 hint = f" (did you mean {close!r}?)" if close else ""
                 problems.append((f"targets.{name}", f"unknown KPI {name!r}{hint}"))
         problems += self._check_arrival(known_fields, extras)
+        for topic, source in self.topics.sources.items():
+            for name in source.fields:
+                if name not in formats.CONTRACT_FIELDS and name not in extras:
+                    close = _closest(name, formats.CONTRACT_FIELDS)
+                    hint = f"did you mean {close!r}? " if close else ""
+                    problems.append((f"topics.sources.{topic}.fields.{name}", f"not a field of kpimon's events; {hint}"
+                                     f"an attribute for breakdowns must be declared under attributes:"))
         for i, name in enumerate(self.settle_windows or []):
             if name not in [w.name for w in self.windows]:
                 problems.append((f"settle_windows[{i}]", f"no window named {name!r}; expected one of {', '.join(w.name for w in self.windows)}"))

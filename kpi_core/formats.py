@@ -316,6 +316,7 @@ def merged(format: str, each: str | None, name: Any, events: dict[str, str], fie
 _COMMON = ("ts", "event_id", "campaign", "channel")
 _CONTRACT = {t: (*_COMMON, *TYPE_FIELDS[t], *OPTIONAL_FIELDS.get(t, {})) for t in TYPE_FIELDS}
 _ALL_CONTRACT = frozenset(f for fs in _CONTRACT.values() for f in fs) | {"type"}
+CONTRACT_FIELDS = _ALL_CONTRACT - {"type"}  # what a mapping's fields may name, besides attributes
 
 
 class Decoder:

@@ -185,6 +185,8 @@ def test_config_names_the_bad_field_of_a_source():
     assert "unknown event type 'clicks'" in msg and "segment" in msg
     (path, msg), = _problems({"t": {"format": "ga4", "fields": {"campaign": "params..x"}}})
     assert path.startswith("topics.sources.t.fields.campaign") and "not a field path" in msg
+    (path, msg), = _problems({"t": {"format": "segment", "fields": {"revnue": "properties.rev"}}})
+    assert path == "topics.sources.t.fields.revnue" and "did you mean 'revenue'?" in msg
     (path, msg), = _problems({"t": "segment"}, arrival={"t": {"delay": "1h"}})
     assert path == "arrival.t" and "per event type" in msg
 
