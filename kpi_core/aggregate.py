@@ -538,19 +538,28 @@ class PartitionAggregator:
         self._dirty.add(("s", *skey))
 
     def observe(self, source: str, ts: int, now: float | None) -> None:
-        """Record how far one source partition has progressed in event time."""
-        if self.plan.delayed and self.plan.source_type(source) in self.plan.delayed:
+        """Record how far one source partition has progressed in event time.
+
+        A delayed type's own topic is slow: it reports for that type and holds no window open.
+        A tracker's topic carrying a delayed type among others (orders among page views) moves
+        the watermark like any fast source, and its progress also says how far the delayed
+        type has reported (less that type's declared lateness).
+        """
+        plan = self.plan
+        if plan.delayed and plan.source_types(source) & plan.delayed:
             if ts > self.slow.get(source, -1) or source not in self.slow:
                 self.slow[source] = ts
-        else:
-            self.watermark.observe(source, ts, now)
+            if not plan.is_mixed(source):
+                self._dirty.add(("w",))
+                return
+        self.watermark.observe(source, ts, now)
         self._dirty.add(("w",))
 
     def report(self, progress: dict[str, int], backlog: set[str], now: float, sent_at: float | None = None) -> None:
         """One router report (sent at ``sent_at``): every source's progress, and which still have a backlog."""
         for source, ts in progress.items():
             self.observe(source, ts, now)
-        fast = {s for s in progress if s not in self.slow}
+        fast = {s for s in progress if s not in self.slow or self.plan.is_mixed(s)}
         self.watermark.report(now, fast, backlog & fast, sent_at)
 
     def pass_horizons(self) -> dict[str, int]:
@@ -581,7 +590,7 @@ class PartitionAggregator:
 
     def reported(self, etype: str) -> int:
         """How far a delayed type has reported by itself: its slowest partition's progress, less its lateness."""
-        progress = [ts for src, ts in self.slow.items() if ts >= 0 and self.plan.source_type(src) == etype]
+        progress = [ts for src, ts in self.slow.items() if ts >= 0 and etype in self.plan.source_types(src)]
         return min(progress) - self.plan.arrival[etype].lateness if progress else NEVER
 
     # -- closing ---------------------------------------------------------------

@@ -125,6 +125,11 @@ class Plan:
         self.delayed = frozenset(t for t, a in self.arrival.items() if a.delay > 0)
         self.restated = {t: a.restates for t, a in self.arrival.items() if a.restates is not None}
         self.type_of_topic = config.topics.types()
+        # The event types each source topic carries: one for a kpimon topic of a type; those its
+        # mapping names for a tracker's topic, whose progress is then theirs too (less their lateness).
+        self.types_of_topic = {t: frozenset({s.type}) if s.type else
+                               frozenset(s.mapping()["events"].values()) if s.format != "kpimon" else frozenset(EVENT_TYPES)
+                               for t, s in config.topics.sources.items()}
         # How each source topic's messages become events (kpimon's contract or a tracker format).
         self.decoders = {t: formats.decoder(s.format, s.type, None if s.format == "kpimon" else s.mapping())
                          for t, s in config.topics.sources.items()}
@@ -218,8 +223,16 @@ class Plan:
         return {k: v for k, v in zip(self.report_fields(etype), values) if v is not None}
 
     def source_type(self, source: str) -> str | None:
-        """The event type of a source partition (``topic:partition``), if its topic is known."""
+        """The event type of a source partition (``topic:partition``), if its topic carries one type."""
         return self.type_of_topic.get(source.rpartition(":")[0] or source)
+
+    def source_types(self, source: str) -> frozenset[str]:
+        """Every event type a source partition may carry (a tracker's topic carries several)."""
+        return self.types_of_topic.get(source.rpartition(":")[0] or source, frozenset())
+
+    def is_mixed(self, source: str) -> bool:
+        """A source of several event types: its progress moves the watermark even when it carries a delayed one."""
+        return len(self.source_types(source)) > 1
 
     def source_of(self, event_type: str) -> str:
         """A source name for events read without Kafka (replay): the first topic of the type, partition 0."""

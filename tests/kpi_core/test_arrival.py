@@ -320,3 +320,20 @@ def test_a_profile_may_name_the_event_type_so_renamed_topics_keep_it() -> None:
     with pytest.raises(ConfigError) as exc:
         config.from_dict({**raw, "arrival": {"spend": {"delay": "6h"}, "fb-costs": {"delay": "1h"}}})
     assert [p for p, _ in exc.value.problems] == ["arrival.fb-costs"]
+
+
+def test_a_delayed_type_on_a_tracker_topic_is_final_once_that_topic_has_moved_past_the_window() -> None:
+    """Orders among a tracker's page views: the topic's progress, less the orders' lateness, is theirs."""
+    topics = {"sources": {"ad-impressions": "impression", "ad-clicks": "click", "web": "segment"}}
+    plan = make_plan(topics=topics, arrival={"order": {"delay": "6h", "lateness": "5m"}})
+    ev = Feed(plan)
+    stream = [("web:0", *e[1:]) if e[2] == "order" else e for e in traffic(ev)]
+    out = LocalPipeline(plan).feed(stream)
+    hour = first_hour(out)
+    # 12:00 closes on the fast streams first (CPA provisional), then is final once web:0 has
+    # reached 13:05 (13:00 plus the orders' 5 minutes): long before the 6 h delay runs out.
+    assert hour[1].provisional == {"cpa": 10.0, "roas": 4.0} and hour[1].waiting_for == ["order"]
+    assert (hour[2].provisional, hour[2].waiting_for) == ({}, [])
+    assert hour[2].kpis["cpa"] == 10.0 and hour[2].measures["orders"] == 6
+    # The tracker's topic still moves the watermark: the next hours' fast passes close too.
+    assert {s.start for s in snaps(out) if s.version == 1} == {T, T + HOUR}
