@@ -19,6 +19,7 @@ GA4 ``scroll`` event) yields no events: it is skipped, not dead-lettered.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -31,8 +32,10 @@ from kpi_core.events import OPTIONAL_FIELDS, TYPE_FIELDS, Event, decode as decod
 
 FORMATS = ("kpimon", "segment", "snowplow", "ga4", "mapping")
 
-#: Source offsets of a topic whose messages may carry several events are scaled by this, and
-#: each event of a message takes offset × FAN_OUT + its index: stage 1 deduplicates by offset.
+#: A tracker topic's source offsets are scaled by this, and each event of a message takes
+#: offset × FAN_OUT + its place in the message: stage 1 deduplicates by offset. Every tracker
+#: format is scaled, with an array of events or not, so a topic's offsets keep their scale when
+#: its mapping changes (a kpimon topic, one event per message, is not).
 FAN_OUT = 128
 
 #: When no field gives a campaign or a channel (direct traffic), these name it (GA4's own words).
@@ -147,16 +150,23 @@ CHANNELS = {
 }
 
 
+def _number_text(value: Any) -> Any:
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+(\.[0-9]+)?", value):
+        return float(value) if "." in value else int(value)
+    return value
+
+
 def _micros(value: Any) -> Any:
-    if isinstance(value, str) and value.isdigit():
+    value = _number_text(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     return value // 1000 if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 def _seconds(value: Any) -> Any:
-    if isinstance(value, str) and value.replace(".", "", 1).isdigit():
-        value = float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    value = _number_text(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and abs(value) < 1e13:
         return round(value * 1000)
     return value
 
@@ -184,12 +194,8 @@ def _string(value: Any) -> Any:
 
 
 def _number(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+    found = _number_text(value.strip()) if isinstance(value, str) else value
+    return float(found) if isinstance(found, int) and not isinstance(found, bool) and isinstance(value, str) else found
 
 
 def _channel(value: Any) -> Any:
@@ -264,11 +270,21 @@ class Rule:
             values = [_lookup(root if from_root else item, steps) for from_root, steps, _ in place]
             if _MISSING in values:
                 continue
-            value = values[0] if len(values) == 1 else ":".join(str(_string(v)) for v in values)
+            if len(values) == 1:
+                value = values[0]
+            else:
+                bad = next((i for i, v in enumerate(values) if isinstance(v, (bool, dict, list))), None)
+                if bad is not None:
+                    raise InvalidEvent("wrong_type", f"must be a string or a number to join, got {type(values[bad]).__name__}",
+                                       _shown((place[bad],), prefix))
+                value = ":".join(str(_string(v)) for v in values)
             if self.equals is not _MISSING:
                 value = value == self.equals
             elif self.transform is not None:
-                value = self.transform(value)
+                try:
+                    value = self.transform(value)
+                except Exception:  # noqa: BLE001 - odd input to a transform is the message's fault
+                    raise InvalidEvent("invalid_value", f"cannot be read ({type(value).__name__})", _shown(place, prefix)) from None
             return value, _shown(place, prefix)
         if not self.places:
             return self.value, None
@@ -328,12 +344,16 @@ class Decoder:
         self.format = "kpimon"
         self.implied = implied
 
-    def decode(self, raw: bytes) -> list[Event]:
-        return [decode_contract(raw, self.implied)]
+    def decode(self, raw: bytes) -> list[tuple[int, Event]]:
+        """One Kafka message's events, each with its place in the message (its offset's index)."""
+        return [(0, decode_contract(raw, self.implied))]
+
+    def indexed(self, obj: Any) -> list[tuple[int, Event]]:
+        """``decode`` for a message already parsed from JSON (a file's line)."""
+        return [(0, validate(obj, self.implied))]
 
     def events(self, obj: Any) -> list[Event]:
-        """The events of one message already parsed from JSON (a file's line)."""
-        return [validate(obj, self.implied)]
+        return [event for _, event in self.indexed(obj)]
 
 
 class MappingDecoder(Decoder):
@@ -344,7 +364,7 @@ class MappingDecoder(Decoder):
         self.format = format
         self.each = parse_path(spec["each"]) if spec.get("each") else None
         self.each_text = spec.get("each")
-        self.fan_out = FAN_OUT if self.each else 1
+        self.fan_out = FAN_OUT
         self.name = compile_rule(spec["name"])
         self.names = dict(spec["events"])  # event name -> event type
         self.defaults = dict(spec.get("defaults") or {})
@@ -356,19 +376,21 @@ class MappingDecoder(Decoder):
     def _error(self, reason: str, where: str | None, detail: str) -> InvalidEvent:
         return InvalidEvent(reason, f"{self.format} format, field {where}: {detail}" if where else f"{self.format} format: {detail}", where)
 
-    def decode(self, raw: bytes) -> list[Event]:
+    def decode(self, raw: bytes) -> list[tuple[int, Event]]:
         try:
             root = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise self._error("invalid_json", None, f"not JSON ({str(exc)[:160]})") from None
-        return self.events(root)
+        return self.indexed(root)
 
-    def events(self, root: Any) -> list[Event]:
+    def indexed(self, root: Any) -> list[tuple[int, Event]]:
+        # An event's index is its place in the message, not among the events kept: a mapping
+        # that later takes one more name keeps every other event's offset (and its dedup).
         if not isinstance(root, dict):
             raise self._error("not_an_object", None, "a message must be a JSON object")
         if self.each is None:
             event = self._event(root, root, "")
-            return [] if event is None else [event]
+            return [] if event is None else [(0, event)]
         items = _lookup(root, self.each[1])
         if items is _MISSING:
             raise self._error("missing_field", self.each_text, "is required: it holds the message's events")
@@ -380,29 +402,34 @@ class MappingDecoder(Decoder):
         for i, item in enumerate(items):
             event = self._event(item, root, f"{self.each_text}[{i}].")
             if event is not None:
-                out.append(event)
+                out.append((i, event))
         return out
 
     def _event(self, item: Any, root: Any, prefix: str) -> Event | None:
         if not isinstance(item, dict):
             raise self._error("not_an_object", prefix.rstrip(".") or None, "an event must be a JSON object")
-        name, name_path = self.name.get(item, root, prefix)
-        if name is _MISSING:
-            raise self._error("missing_field", name_path, "is required: it names the event")
-        etype = self.names.get(name) if isinstance(name, str) else None
-        if etype is None:
-            return None  # an event kpimon has no use for
-        obj: dict[str, Any] = {"type": etype}
-        where: dict[str, str | None] = {}
-        for field, rule in self.rules[etype]:
-            value, where[field] = rule.get(item, root, prefix)
-            if value is _MISSING:
-                value = self.defaults.get(field, _MISSING)
-            if value is not _MISSING:
-                obj[field] = value
-        for field, value in self.defaults.items():
-            if field in _CONTRACT[etype] and field not in obj:
-                obj[field] = value
+        try:
+            name, name_path = self.name.get(item, root, prefix)
+            if name is _MISSING:
+                raise InvalidEvent("missing_field", "is required: it names the event", name_path)
+            if not isinstance(name, str):
+                raise InvalidEvent("wrong_type", f"must be a string: it names the event, got {type(name).__name__}", name_path)
+            etype = self.names.get(name)
+            if etype is None:
+                return None  # an event kpimon has no use for
+            obj: dict[str, Any] = {"type": etype}
+            where: dict[str, str | None] = {}
+            for field, rule in self.rules[etype]:
+                value, where[field] = rule.get(item, root, prefix)
+                if value is _MISSING and field in self.defaults:
+                    value, where[field] = self.defaults[field], f"defaults.{field}"  # the config's, not the message's
+                if value is not _MISSING:
+                    obj[field] = value
+            for field, value in self.defaults.items():
+                if field in _CONTRACT[etype] and field not in obj:
+                    obj[field], where[field] = value, f"defaults.{field}"
+        except InvalidEvent as exc:
+            raise self._error(exc.reason, exc.field, exc.detail) from None
         try:
             return validate(obj)
         except InvalidEvent as exc:

@@ -39,11 +39,11 @@ def routed(plan: Plan, rows: Iterator[dict[str, Any]], invalid: dict[str, int]) 
                 yield (plan.source_of(ev.type), offset, ev.type, ev.ts, ev.data)
                 continue
             decoder = plan.decoders[topic]
-            events = decoder.events(obj)
+            events = decoder.indexed(obj)
         except InvalidEvent as exc:
             invalid[exc.reason] = invalid.get(exc.reason, 0) + 1
             continue
-        for i, ev in enumerate(events):
+        for i, ev in events:
             yield (f"{topic}:0", offset * decoder.fan_out + i, ev.type, ev.ts, ev.data)
 
 

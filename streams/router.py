@@ -139,7 +139,7 @@ class Router:
                         latest = max(latest, promised)
                         continue
                     evs = decoder.decode(msg.value)
-                    if any(ev.ts > horizon_ms for ev in evs):
+                    if any(ev.ts > horizon_ms for _, ev in evs):
                         # One event stamped years ahead would drag the watermark along and
                         # close every open window; the wall clock bounds it (live only).
                         raise InvalidEvent("bad_timestamp", "ts is too far in the future")
@@ -154,7 +154,7 @@ class Router:
                 if not evs:
                     ignored += 1  # a tracker's message kpimon has no use for (an identify call)
                     continue
-                for i, ev in enumerate(evs):
+                for i, ev in evs:
                     if ev.ts > latest:
                         latest = ev.ts
                     counts[ev.type] += 1

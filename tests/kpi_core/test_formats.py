@@ -17,7 +17,7 @@ T0 = 1709632800000  # 2024-03-05T10:00:00Z
 
 
 def decode(fmt: str, msg: dict, spec: dict | None = None) -> list:
-    return formats.decoder(fmt, spec=spec).decode(orjson.dumps(msg))
+    return [event for _, event in formats.decoder(fmt, spec=spec).decode(orjson.dumps(msg))]
 
 
 def error(fmt: str, msg: dict | bytes, spec: dict | None = None) -> InvalidEvent:
@@ -93,7 +93,9 @@ def test_ga4_message_carries_several_events_and_reads_message_fields():
     assert pv.data["page"] == "/offers" and pv.data["session_id"] == "123.456:1709632700" and pv.data["visitor_id"] == "123.456"
     assert (order.data["customer_id"], order.data["revenue"], order.data["new_customer"]) == ("u-3", 30.5, False)
     assert order.data["device"] == "tablet" and order.data["country"] == "BR"
-    assert formats.decoder("ga4").fan_out == formats.FAN_OUT and formats.decoder("segment").fan_out == 1
+    assert [i for i, _ in formats.decoder("ga4").decode(orjson.dumps(msg))] == [0, 2]  # places in the message
+    assert formats.decoder("ga4").fan_out == formats.decoder("segment").fan_out == formats.FAN_OUT
+    assert formats.decoder("kpimon", "click").fan_out == 1
 
 
 @pytest.mark.parametrize("fmt, msg, reason, field", [
@@ -128,6 +130,32 @@ def test_ga4_sessions_of_two_clients_starting_in_the_same_second_stay_apart():
     assert (exc.reason, exc.field) == ("missing_field", "events[0].params.session_id")
 
 
+PAGE = {"name": "page_view", "params": {"session_id": 7, "page_location": "https://x.example/"}}
+
+
+@pytest.mark.parametrize("msg, reason, field", [
+    ({"client_id": "c", "timestamp_micros": "²", "events": [PAGE]}, "bad_timestamp", "timestamp_micros"),  # the message's
+    ({"client_id": "c", "events": [{**PAGE, "timestamp_micros": 1e306}]}, "bad_timestamp", "events[0].timestamp_micros"),
+    ({"client_id": {"a": 1}, "timestamp_micros": 1709632800000000, "events": [PAGE]}, "wrong_type", "client_id"),
+    ({"client_id": [[[[]]]] * 3, "timestamp_micros": 1709632800000000, "events": [PAGE]}, "wrong_type", "client_id"),
+    ({"client_id": "c", "timestamp_micros": 1709632800000000, "events": [{"name": {"x": 1}}]}, "wrong_type", "events[0].name"),
+])
+def test_odd_values_are_refused_naming_the_field_never_crashing(msg, reason, field):
+    exc = error("ga4", msg)
+    assert (exc.reason, exc.field) == (reason, field)
+
+
+def test_odd_but_valid_values_are_read():
+    (ev,) = decode("ga4", {"client_id": "c", "timestamp_micros": 1709632800000000.0, "events": [PAGE]})
+    assert ev.ts == T0  # an integral float of microseconds
+    spec = formats.merged("mapping", None, "kind", {"buy": "order"}, {"ts": {"path": "at", "transform": "seconds"},
+                          "order_id": "id", "revenue": {"path": "total", "transform": "number"}, "customer_id": "who"},
+                          {"campaign": "(not set)", "channel": "direct", "new_customer": "no"})
+    exc = error("mapping", {"kind": "buy", "at": "1709632800.5", "id": "o", "total": "9.90", "who": "v"}, spec)
+    # A bad default is the config's fault, and the error says so.
+    assert (exc.reason, exc.field) == ("wrong_type", "defaults.new_customer")
+
+
 def test_not_json_and_too_many_events():
     assert error("segment", b"{nope").detail.startswith("segment format: not JSON")
     exc = error("ga4", {"client_id": "c", "events": [{"name": "scroll"}] * formats.FAN_OUT})
@@ -146,7 +174,7 @@ def test_the_documented_in_house_mapping_decodes_the_documented_message():
     text = DOC.read_text()
     msg = orjson.loads(re.search(r"sends\n`(\{.*?\})`", text).group(1))
     source = cfg.topics.sources["shop-events"]
-    (ev,) = formats.decoder(source.format, spec=source.mapping()).decode(orjson.dumps(msg))
+    (ev,) = formats.decoder(source.format, spec=source.mapping()).events(msg)
     assert (ev.type, ev.ts) == ("order", 1709632800500)
     assert ev.data == {"campaign": "spring", "channel": "paid_search", "order_id": "1001", "revenue": 49.9,
                        "customer_id": "v1", "new_customer": True}
@@ -160,7 +188,7 @@ def test_a_preset_is_extended_entry_by_entry():
     assert spec["events"]["Order Completed"] == "order" and spec["events"]["Ad Clicked"] == "click"
     msg = {"type": "track", "event": "Ad Clicked", "messageId": "m", "anonymousId": "a", "timestamp": "2024-03-05T10:00:00Z",
            "context": {"campaign": {"name": "spring", "medium": "cpc"}}, "properties": {"cost": 1.25}}
-    (ev,) = formats.decoder("segment", spec=spec).decode(orjson.dumps(msg))
+    (ev,) = formats.decoder("segment", spec=spec).events(msg)
     assert (ev.type, ev.data["cost"], ev.data["channel"]) == ("click", 1.25, "paid_search")
 
 
