@@ -382,10 +382,20 @@ class FieldSpec(_Model):
     @field_validator("path")
     @classmethod
     def _paths(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or any(isinstance(p, list) and not p for p in value)):
+            raise ValueError("give at least one path (a place that joins paths lists at least one)")
         for place in [value] if isinstance(value, str) else value or []:
             for p in [place] if isinstance(place, str) else place:
                 formats.parse_path(p)
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FieldSpec:
+        if self.path is None and self.value is None:
+            raise ValueError("give path (where the field is) or value (a constant)")
+        if self.equals is not None and self.transform is not None:
+            raise ValueError("give equals or transform, not both (equals makes the field true or false)")
+        return self
 
 
 class Source(_Model):
@@ -427,9 +437,17 @@ class Source(_Model):
             if etype not in EVENT_TYPES:
                 raise ValueError(f"events.{name}: unknown event type {etype!r}; expected one of {', '.join(EVENT_TYPES)}")
         if self.each is not None:
-            formats.parse_path(self.each)
+            try:
+                formats.parse_path(self.each)
+            except ValueError as exc:
+                raise ValueError(f"each: {exc}") from None
+        if self.name is not None and not self.name:
+            raise ValueError("name: give at least one path")
         for p in [self.name] if isinstance(self.name, str) else self.name or []:
-            formats.parse_path(p)
+            try:
+                formats.parse_path(p)
+            except ValueError as exc:
+                raise ValueError(f"name: {exc}") from None
         if self.format == "mapping":
             missing = [f for f in ("name", "events") if not getattr(self, f)] + ([] if "ts" in self.fields else ["fields.ts"])
             if missing:
@@ -567,6 +585,8 @@ class Config(_Model):
                 problems.append((f"targets.{name}", f"unknown KPI {name!r}{hint}"))
         problems += self._check_arrival(known_fields, extras)
         for topic, source in self.topics.sources.items():
+            if source.format != "kpimon":
+                problems += [(f"topics.sources.{topic}", p) for p in formats.problems(source.mapping(), extras)]
             for name in source.fields:
                 if name not in formats.CONTRACT_FIELDS and name not in extras:
                     close = _closest(name, formats.CONTRACT_FIELDS)

@@ -29,6 +29,7 @@ import orjson
 
 from kpi_core.errors import InvalidEvent
 from kpi_core.events import OPTIONAL_FIELDS, TYPE_FIELDS, Event, decode as decode_contract, validate
+from kpi_core.events import _string as _contract_string  # the contract's check of a string field
 
 FORMATS = ("kpimon", "segment", "snowplow", "ga4", "mapping")
 
@@ -333,6 +334,9 @@ _COMMON = ("ts", "event_id", "campaign", "channel")
 _CONTRACT = {t: (*_COMMON, *TYPE_FIELDS[t], *OPTIONAL_FIELDS.get(t, {})) for t in TYPE_FIELDS}
 _ALL_CONTRACT = frozenset(f for fs in _CONTRACT.values() for f in fs) | {"type"}
 CONTRACT_FIELDS = _ALL_CONTRACT - {"type"}  # what a mapping's fields may name, besides attributes
+#: Each contract field's check, for defaults (the same check whatever the event type).
+_CHECKS = {**{f: c for t in TYPE_FIELDS for f, c in {**TYPE_FIELDS[t], **OPTIONAL_FIELDS.get(t, {})}.items()},
+           **{f: _contract_string for f in ("campaign", "channel", "event_id")}}
 
 
 class Decoder:
@@ -436,6 +440,38 @@ class MappingDecoder(Decoder):
             field = exc.field or ""
             shown = where.get(field) or field or None
             raise self._error(exc.reason, shown, f"{exc.detail} ({name})") from None
+
+
+def problems(spec: dict[str, Any], attributes: set[str]) -> list[str]:
+    """What a merged mapping cannot do, said before any message arrives (config checks).
+
+    Every event type it names needs each required field from a rule or a default; a default
+    must pass the contract's own check; a default of a field that is neither the contract's
+    nor a declared attribute is a typo.
+    """
+    out = []
+    fields, defaults = spec["fields"], spec["defaults"]
+    for etype in sorted(set(spec["events"].values())):
+        needed = ["ts", "campaign", "channel", *TYPE_FIELDS[etype]]
+        missing = [f for f in needed if f not in fields and f not in defaults]
+        if missing:
+            out.append(f"events: {etype} events need {', '.join(missing)}: give fields.{missing[0]} (where it is) or defaults.{missing[0]}")
+    for name, value in defaults.items():
+        if name not in CONTRACT_FIELDS:
+            if name not in attributes:
+                out.append(f"defaults.{name}: not a field of kpimon's events nor a declared attribute")
+            elif not isinstance(value, str):
+                out.append(f"defaults.{name}: an attribute's default must be a string")
+            continue
+        check = _CHECKS.get(name)
+        try:
+            if name == "ts":
+                raise InvalidEvent("invalid_value", "ts has no default: every event carries its own time")
+            if check is not None:
+                check(name, value)
+        except InvalidEvent as exc:
+            out.append(f"defaults.{name}: {exc.detail}")
+    return out
 
 
 def decoder(format: str, implied: str | None = None, spec: dict[str, Any] | None = None) -> Decoder:

@@ -215,6 +215,17 @@ def test_config_names_the_bad_field_of_a_source():
     assert path.startswith("topics.sources.t.fields.campaign") and "not a field path" in msg
     (path, msg), = _problems({"t": {"format": "segment", "fields": {"revnue": "properties.rev"}}})
     assert path == "topics.sources.t.fields.revnue" and "did you mean 'revenue'?" in msg
+    (path, msg), = _problems({"t": {"format": "segment", "events": {"Ad Clicked": "click"}}})
+    assert path == "topics.sources.t" and "click events need cost" in msg and "fields.cost" in msg
+    problems = _problems({"t": {"format": "segment", "defaults": {"new_customer": "no", "devise": "x"}}})
+    assert sorted(m for _, m in problems) == ["defaults.devise: not a field of kpimon's events nor a declared attribute",
+                                              "defaults.new_customer: new_customer must be true or false"]
+    for bad, expected in [({"transform": "string"}, "give path"), ({"path": "a", "equals": 1, "transform": "lower"}, "not both"),
+                          ({"path": []}, "at least one path"), ({"path": [[]]}, "at least one path")]:
+        (path, msg), = _problems({"t": {"format": "segment", "fields": {"campaign": bad}}})
+        assert path.startswith("topics.sources.t.fields.campaign") and expected in msg, (bad, path, msg)
+    (path, msg), = _problems({"t": {"format": "ga4", "each": "a..b"}})
+    assert msg.startswith("each: ")
     (path, msg), = _problems({"t": "segment"}, arrival={"t": {"delay": "1h"}})
     assert path == "arrival.t" and "per event type" in msg
 
