@@ -488,14 +488,18 @@ class Topics(_Model):
         """The tracker-format topic that reads a message found outside Kafka (a file's line), if any.
 
         The first topic of the format the message looks like; a message that looks like none
-        goes to the only tracker topic there is (a declared mapping cannot be recognised).
+        goes to the only tracker topic there is when that is a declared mapping (which cannot be
+        recognised).
         """
         found = formats.detect(message)
         if found == "kpimon":
             return None
         trackers = [t for t, s in self.sources.items() if s.format != "kpimon"]
         match = next((t for t in trackers if self.sources[t].format == found), None)
-        if match is None and found is None and len(trackers) == 1:
+        # Only a declared mapping takes what nothing recognises, and never a row that names a
+        # type: that is a broken kpimon event, for the contract to refuse (not to skip).
+        if match is None and found is None and len(trackers) == 1 and self.sources[trackers[0]].format == "mapping" \
+                and not (isinstance(message, dict) and "type" in message):
             match = trackers[0]
         return match
 

@@ -53,7 +53,8 @@ def check_config(path: Path = typer.Argument(..., help="the kpimon.yaml to check
 
 @cli.command()
 def init(
-    sample: Path = typer.Argument(..., help="a JSONL or CSV file of real events: kpimon's, Segment, Snowplow or GA4"),
+    sample: Path = typer.Argument(..., help="a JSONL file of real messages: kpimon's contract, Segment, Snowplow or GA4 "
+                                  "(CSV: kpimon's contract only)"),
     output: Path = typer.Option(Path("kpimon.yaml"), "--output", "-o", help="where to write the config"),
     topic: Optional[str] = typer.Option(None, help="the tracker's Kafka topic (default: <format>-events)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
@@ -62,7 +63,7 @@ def init(
     from kpimon.init import write
 
     s = write(sample, output, topic=topic, force=force)
-    out.print(f"[green]wrote {output}[/green]: {s.format} format, {s.messages} messages "
+    out.print(f"[green]wrote {output}[/green]: {s.messages} messages ({', '.join(f'{n} {f}' for f, n in s.formats.most_common())}) "
               f"({', '.join(f'{n} {t}' for t, n in s.events.most_common())}; {s.skipped} skipped, {sum(s.invalid.values())} invalid)")
     out.print(f"next: kpimon check-config {output} && kpimon replay {sample} --config {output} --format table")
 

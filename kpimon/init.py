@@ -38,8 +38,10 @@ class InitError(KpimonError):
 class Sample:
     """What a sample file holds, as the worker would read it."""
 
-    format: str
+    format: str  # the most common tracker format (kpimon when there is none)
     messages: int = 0
+    formats: Counter[str] = field(default_factory=Counter)  # messages per recognised format
+    contract_types: set[str] = field(default_factory=set)  # event types sent in kpimon's own contract
     events: Counter[str] = field(default_factory=Counter)
     invalid: Counter[str] = field(default_factory=Counter)
     skipped: int = 0
@@ -49,23 +51,32 @@ class Sample:
 
 
 def read_sample(path: Path) -> Sample:
-    """Recognise the sample's format (the most common among its messages) and decode it."""
+    """Recognise each message's format and decode it as the worker would.
+
+    A sample may mix formats: a tracker's messages and the ad platforms' events in kpimon's
+    contract (the usual set-up). A message that looks like no format counts as invalid.
+    """
     rows = list(read_events(path))
     found = Counter(f for f in map(formats.detect, rows) if f is not None)
     if not found:
         raise InitError(f"{path}: no message looks like kpimon's contract, Segment, Snowplow or GA4 (docs/formats.md)")
-    fmt = found.most_common(1)[0][0]
-    decoder = formats.decoder(fmt)
-    sample = Sample(fmt, messages=len(rows))
+    trackers = Counter({f: n for f, n in found.items() if f != "kpimon"})
+    sample = Sample(trackers.most_common(1)[0][0] if trackers else "kpimon", messages=len(rows), formats=found)
+    decoders = {f: formats.decoder(f) for f in found}
     contract = {f for t in EVENT_TYPES for f in (*TYPE_FIELDS[t], *OPTIONAL_FIELDS.get(t, {}))}
     for obj in rows:
+        fmt = formats.detect(obj)
         try:
-            events = decoder.events(obj)
+            if fmt is None:
+                raise InvalidEvent("unrecognised", "looks like no format")
+            events = decoders[fmt].events(obj)
         except InvalidEvent as exc:
             sample.invalid[exc.reason] += 1
             continue
         sample.skipped += not events
         for ev in events:
+            if fmt == "kpimon":
+                sample.contract_types.add(ev.type)
             sample.events[ev.type] += 1
             sample.first = ev.ts if sample.first is None else min(sample.first, ev.ts)
             sample.last = ev.ts if sample.last is None else max(sample.last, ev.ts)
@@ -73,7 +84,7 @@ def read_sample(path: Path) -> Sample:
                 if isinstance(value, str) and name not in contract:
                     sample.values.setdefault(name, set()).add(value)
     if not sample.events:
-        raise InitError(f"{path}: {sample.messages} {fmt} messages but no event kpimon can count "
+        raise InitError(f"{path}: {sample.messages} messages but no event kpimon can count "
                         f"(invalid: {dict(sample.invalid) or 'none'}, skipped: {sample.skipped})")
     return sample
 
@@ -107,10 +118,9 @@ def build(sample: Sample, *, sample_path: str, topic: str) -> str:
     breakdowns = [["campaign"], ["channel"]]
     breakdowns += [[a] for a in BREAKDOWN_ATTRIBUTES if 1 < len(sample.values.get(a, ())) <= MAX_BREAKDOWN_VALUES]
     breakdowns.append([])
-    if sample.format == "kpimon":
-        sources = {t: s for t, s in config_mod.Topics().types().items() if s in sample.events}
-    else:
-        sources = {topic: sample.format}
+    sources: dict[str, str] = {t: s for t, s in config_mod.Topics().types().items() if s in sample.contract_types}
+    for fmt in sorted(f for f in sample.formats if f != "kpimon"):
+        sources[topic if fmt == sample.format else f"{fmt}-events"] = fmt
     raw = {"windows": [{"size": window}], "breakdowns": breakdowns, "topics": {"sources": sources},
            "measures": measures, "kpis": kpis}
     config_mod.from_dict(raw)  # never write a config that check-config would refuse
@@ -122,7 +132,8 @@ def build(sample: Sample, *, sample_path: str, topic: str) -> str:
     first, last = (datetime.fromtimestamp(t / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M") for t in (sample.first, sample.last))
     counts = ", ".join(f"{n} {t}" for t, n in sample.events.most_common())
     lines = [
-        f"# Written by `kpimon init {sample_path}`: {sample.messages} {sample.format} messages, {first} to {last} UTC",
+        f"# Written by `kpimon init {sample_path}`: {sample.messages} messages "
+        f"({', '.join(f'{n} {f}' for f, n in sample.formats.most_common())}), {first} to {last} UTC",
         f"# ({counts}; {sample.skipped} skipped, {sum(sample.invalid.values())} invalid).",
         "# Check it with `kpimon check-config kpimon.yaml`; try it with",
         f"# `kpimon replay {sample_path} --config kpimon.yaml --format table`. Field reference: docs/formats.md.",
@@ -134,9 +145,9 @@ def build(sample: Sample, *, sample_path: str, topic: str) -> str:
         "  sources:",
     ]
     for t, s in sources.items():
-        note = "   # your tracker's Kafka topic" if sample.format != "kpimon" else ""
-        lines.append(f"    {t}: {s}{note}")
-    if sample.format != "kpimon":
+        note = "   # your tracker's Kafka topic" if s in sample.formats else ""
+        lines.append(f"    {yaml.safe_dump({t: s}, default_flow_style=True, width=10_000).strip()[1:-1]}{note}")
+    if sample.format != "kpimon" and not sample.contract_types & {"impression", "click", "spend"}:
         lines += ["    # Ad platforms report impressions, clicks and spend in kpimon's contract, e.g.:",
                   "    # ad-impressions: impression", "    # ad-clicks: click", "    # ad-spend: spend"]
     lines += block("measures", measures) + block("kpis", kpis)
@@ -150,7 +161,12 @@ def build(sample: Sample, *, sample_path: str, topic: str) -> str:
         shown = format_value(value, k.get("unit", "ratio"))
         lines.append(f"#   {name}: {{value: {_target(value, k)}, min_denominator: 100}}   # the sample: {shown}")
     lines.append("targets: {}")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    try:
+        config_mod.from_dict(yaml.safe_load(text))  # what is written, exactly, must pass check-config
+    except config_mod.ConfigError as exc:
+        raise InitError(f"the config for this sample would be refused ({exc}); pick another --topic") from None
+    return text
 
 
 def _target(value: float, k: dict[str, Any]) -> str:

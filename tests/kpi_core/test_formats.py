@@ -246,3 +246,17 @@ def test_shorthands_and_kpimon_topics():
 ])
 def test_detect(obj, fmt):
     assert formats.detect(obj) == fmt
+
+
+def test_a_file_line_goes_to_the_topic_of_its_format_and_broken_kpimon_rows_to_none():
+    def topics(sources: dict) -> config_mod.Topics:
+        return config_mod.from_dict({"measures": {"orders": {"event": "order"}}, "kpis": {"orders": {"measure": "orders"}},
+                                     "topics": {"sources": sources}}).topics
+
+    seg = topics({"orders": "order", "web": "segment"})
+    assert seg.tracker_topic(SEG_ORDER) == "web"
+    assert seg.tracker_topic({"type": "order", "ts": 1, "campaign": "c"}) is None  # kpimon's own
+    assert seg.tracker_topic({"type": "ordr", "campaign": "c"}) is None  # broken: the contract refuses it
+    assert seg.tracker_topic({"kind": "buy"}) is None  # a Segment topic does not take what is not Segment
+    shop = _doc_yaml("format: mapping\n      name: kind")["topics"]["sources"]
+    assert topics(shop).tracker_topic({"kind": "buy"}) == "shop-events"  # a declared mapping cannot be recognised

@@ -27,7 +27,7 @@ def _init(sample: Path, out: Path, *args: str) -> str:
 def test_init_on_a_segment_sample_gives_a_config_that_check_config_accepts_and_replay_uses(tmp_path: Path) -> None:
     out = tmp_path / "kpimon.yaml"
     said = _init(FIXTURES / "segment.jsonl", out)
-    assert "segment format, 29 messages" in said
+    assert "29 messages (29 segment)" in said
     raw = yaml.safe_load(out.read_text())
     assert raw["topics"]["sources"] == {"segment-events": "segment"}
     assert {"bounce_rate", "session_to_order", "aov", "visitor_to_lead"} <= set(raw["kpis"])
@@ -74,7 +74,7 @@ def test_the_commented_targets_make_a_valid_config_when_uncommented(tmp_path: Pa
 def test_init_recognises_each_format(tmp_path: Path, fmt: str) -> None:
     out = tmp_path / "kpimon.yaml"
     said = _init(FIXTURES / f"{fmt}.jsonl", out, "--topic", f"my-{fmt}")
-    assert f"{fmt} format" in said
+    assert f" {fmt})" in said
     cfg = config_mod.load(out)
     assert cfg.topics.sources[f"my-{fmt}"].format == fmt
     if fmt == "snowplow":  # its ad events feed click and impression KPIs too
@@ -91,3 +91,17 @@ def test_init_refuses_to_overwrite_and_explains_a_sample_it_cannot_read(tmp_path
     junk.write_text('{"hello": "world"}\n')
     result = CliRunner().invoke(cli, ["init", str(junk), "-o", str(tmp_path / "other.yaml")])
     assert "no message looks like" in str(result.exception)
+
+
+def test_a_sample_mixing_a_tracker_and_ad_platform_events_gets_a_topic_for_each(tmp_path: Path) -> None:
+    sample = tmp_path / "mixed.jsonl"
+    ads = [orjson.dumps({"type": t, "ts": 1709632800000 + i, "campaign": "seg-spring-sale", "channel": "paid_search",
+                         **({"cost": 0.5} if t == "click" else {})}) for i, t in enumerate(["impression"] * 20 + ["click"] * 2)]
+    sample.write_bytes((FIXTURES / "segment.jsonl").read_bytes() + b"\n".join(ads) + b"\n")
+    out = tmp_path / "kpimon.yaml"
+    said = _init(sample, out, "--topic", "null")  # a name YAML would read as something else
+    assert "51 messages (29 segment, 22 kpimon)" in said
+    cfg = config_mod.load(out)
+    assert cfg.topics.types() == {"ad-impressions": "impression", "ad-clicks": "click"}
+    assert cfg.topics.sources["null"].format == "segment"
+    assert {"ctr", "cpc", "bounce_rate"} <= set(cfg.kpis)
