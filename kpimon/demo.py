@@ -46,6 +46,7 @@ class LiveView:
     firing: dict[str, str] = field(default_factory=dict)  # campaign -> "KPI severity"
     alerts: list[str] = field(default_factory=list)
     snapshots: int = 0
+    feed_error: str | None = None  # why the view stopped following the topics, if it did
 
     def apply_snapshot(self, snap: dict[str, Any]) -> None:
         if snap.get("window") != self.window or snap.get("breakdown") != "campaign":
@@ -123,25 +124,39 @@ class LiveView:
         return Group(Text(header), Panel(alerts, title="alerts (as sent to Slack)", expand=False), table, legend)
 
 
-def _follow(bootstrap: str, config: Config, view: LiveView, lock: threading.Lock, stop: threading.Event) -> None:
-    """Feed the view from the snapshots and alerts topics until ``stop``."""
+def _follow(bootstrap: str, config: Config, view: LiveView, lock: threading.Lock, stop: threading.Event, since_ms: int) -> None:
+    """Feed the view from the snapshots and alerts topics until ``stop``.
+
+    Records written before ``since_ms`` belong to an earlier run on the same broker and are
+    skipped; a record the view cannot read is logged (to the file) and skipped.
+    """
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(config.topics.snapshots, config.topics.alerts, bootstrap_servers=bootstrap,
-                             auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=500)
+    log = logging.getLogger("kpimon.demo")
+    try:
+        consumer = KafkaConsumer(config.topics.snapshots, config.topics.alerts, bootstrap_servers=bootstrap,
+                                 auto_offset_reset="earliest", group_id=None, consumer_timeout_ms=500)
+    except Exception as exc:  # noqa: BLE001 - shown in the view's header instead of tearing it
+        view.feed_error = f"cannot read {config.topics.snapshots}: {exc}"
+        return
     try:
         while not stop.is_set():
             for batch in consumer.poll(timeout_ms=500).values():
                 for record in batch:
+                    if record.timestamp < since_ms:
+                        continue
                     try:
                         obj = orjson.loads(record.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    with lock:
-                        if record.topic == config.topics.alerts:
-                            view.apply_alert(obj)
-                        else:
-                            view.apply_snapshot(obj)
+                        with lock:
+                            if record.topic == config.topics.alerts:
+                                view.apply_alert(obj)
+                            else:
+                                view.apply_snapshot(obj)
+                    except Exception as exc:  # noqa: BLE001 - one odd record must not freeze the view
+                        log.warning("the view skipped %s@%d: %s: %s", record.topic, record.offset, type(exc).__name__, exc)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("the view stopped reading")
+        view.feed_error = f"the view stopped reading ({type(exc).__name__}); see the log"
     finally:
         consumer.close()
 
@@ -172,7 +187,8 @@ def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: d
             sim = ["simulate", "--config", str(config_path), "--rate", "60", "--drop", "camp-003", "--drop-factor", "0.15",
                    "--delivery", "demo", "--drop-at", "15", "--duration", str(duration)]
             started = time.monotonic()
-            follower = threading.Thread(target=_follow, args=(bootstrap, config, view, lock, stop), daemon=True)
+            since_ms = int(time.time() * 1000) - 5_000  # this run's records, not an earlier run's
+            follower = threading.Thread(target=_follow, args=(bootstrap, config, view, lock, stop, since_ms), daemon=True)
             follower.start()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while True:
@@ -182,6 +198,8 @@ def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: d
                         raise SystemExit(f"the worker stopped (exit {procs[0].returncode}); see {log_path}")
                     state = ("starting the worker ..." if len(procs) == 1 else
                              "simulating ..." if procs[1].poll() is None else "simulation finished; the worker keeps running")
+                    if view.feed_error:
+                        state += f" · {view.feed_error}"
                     with lock:
                         live.update(view.render(f"{header}\n{state} · {view.snapshots} campaign snapshots read"))
                     time.sleep(0.5)
