@@ -336,7 +336,7 @@ def demo(
     finally:
         if started_broker is not None:
             started_broker.down()
-        out.print(f"logs: {log_path}")
+        out.print(f"demo stopped; logs: {demo_mod._relative(log_path)}")
 
 
 #: Loggers of the libraries under the worker: quiet (errors only) unless --loglevel info or debug.

@@ -161,6 +161,14 @@ def _follow(bootstrap: str, config: Config, view: LiveView, lock: threading.Lock
         consumer.close()
 
 
+def _relative(path: Path) -> Path:
+    """The path from the current directory when it is below it: short enough for one line."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
 def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: dict[str, str], duration: float,
         port: int, log_path: Path, console: Console) -> None:
     """The worker and the simulator (logs to ``log_path``) and the live view, until Ctrl-C."""
@@ -177,8 +185,9 @@ def run(root: Path, config_path: Path, config: Config, *, bootstrap: str, env: d
     root_logger.addHandler(file_handler)
     view = LiveView(config, window=config.windows[0].name)
     lock, stop = threading.Lock(), threading.Event()
+    shown = _relative(log_path)
     header = (f"kpimon demo · broker {bootstrap} · metrics http://localhost:{port}/metrics\n"
-              f"worker and simulator logs: {log_path}\n"
+              f"logs: {shown}\n"
               f"20 campaigns, web events as Segment messages; camp-003's CTR drops 85% at 15 s. Ctrl-C stops.")
     with log_path.open("ab") as log:
         try:
