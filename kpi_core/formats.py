@@ -347,6 +347,8 @@ class Decoder:
     def __init__(self, implied: str | None = None) -> None:
         self.format = "kpimon"
         self.implied = implied
+        # The event types this topic's messages may become (without an implied type: any).
+        self.types = frozenset({implied}) if implied else frozenset(TYPE_FIELDS)
 
     def decode(self, raw: bytes) -> list[tuple[int, Event]]:
         """One Kafka message's events, each with its place in the message (its offset's index)."""
@@ -371,6 +373,7 @@ class MappingDecoder(Decoder):
         self.fan_out = FAN_OUT
         self.name = compile_rule(spec["name"])
         self.names = dict(spec["events"])  # event name -> event type
+        self.types = frozenset(self.names.values())
         self.defaults = dict(spec.get("defaults") or {})
         rules = {f: compile_rule(s) for f, s in spec["fields"].items()}
         attributes = [(f, r) for f, r in rules.items() if f not in _ALL_CONTRACT]

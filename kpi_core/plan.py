@@ -125,14 +125,12 @@ class Plan:
         self.delayed = frozenset(t for t, a in self.arrival.items() if a.delay > 0)
         self.restated = {t: a.restates for t, a in self.arrival.items() if a.restates is not None}
         self.type_of_topic = config.topics.types()
-        # The event types each source topic carries: one for a kpimon topic of a type; those its
-        # mapping names for a tracker's topic, whose progress is then theirs too (less their lateness).
-        self.types_of_topic = {t: frozenset({s.type}) if s.type else
-                               frozenset(s.mapping()["events"].values()) if s.format != "kpimon" else frozenset(EVENT_TYPES)
-                               for t, s in config.topics.sources.items()}
         # How each source topic's messages become events (kpimon's contract or a tracker format).
         self.decoders = {t: formats.decoder(s.format, s.type, None if s.format == "kpimon" else s.mapping())
                          for t, s in config.topics.sources.items()}
+        # The event types each source topic carries: a tracker's topic carries several, and its
+        # progress is then theirs too (less their lateness).
+        self.types_of_topic = {t: d.types for t, d in self.decoders.items()}
         self.kpis: list[KpiPlan] = []
         for name, k in config.enabled_kpis().items():
             phase = SESSIONS if any(r in self.session_measures for r in k.refs()) else EVENTS
