@@ -259,6 +259,7 @@ class PartitionAggregator:
         self.slow: dict[str, int] = {}  # delayed source -> its own progress (largest ts or marker)
         self.horizon = NEVER  # watermark − lateness: the first pass of everything ending by this is closed
         self.closed: dict[str, int] = {}  # pass -> its horizon, as last reported to stage 2
+        self._told: dict[str, int] = {}  # delayed type -> how far it had reported, as last told to stage 2
         self.reports: dict[tuple[Any, ...], Report] = {}  # restated key -> the report counted for it
         # Windows past their last pass that may still be revised: per group, the revisable
         # slots (Plan.revisable_slots order) and the marks that dedup replays.
@@ -607,18 +608,24 @@ class PartitionAggregator:
             self._dirty.add(("w",))
         old = self.closed
         now_at = self.pass_horizons()
+        # A delayed feed that reported further must reach stage 2 even when no window closes:
+        # its stale-feed check reads it (a report read after the fast streams went quiet would
+        # otherwise wait for their next window to open or resolve the feed's alert).
+        told = {t: self.reported(t) for t in self.plan.delayed}
+        quiet: list[Partial] | None = None if told == self._told else []
+        self._told = told
         if all(h <= old.get(p, NEVER) for p, h in now_at.items()):
-            return self._revisions() or None
+            return self._revisions() or quiet
         new = self.closed = {p: max(h, old.get(p, NEVER)) for p, h in now_at.items()}
         self._dirty.add(("w",))
         if not any(self._crosses_boundary(old.get(p, NEVER), h) for p, h in new.items()):
-            return self._revisions() or None
+            return self._revisions() or quiet
         out: list[Partial] = []
         passes, settles = self.plan.passes, self.plan.settles
         last = min(new.values())
         last_unsettled = min(h for p, h in new.items() if not is_complete(p))
         sessions = self._session_windows(old.get(SESSIONS, NEVER), new[SESSIONS]) if SESSIONS in new else set()
-        reported = {t: self.reported(t) for t in self.plan.delayed}
+        reported = told
         for (wi, start) in sorted(self.cells.keys() | sessions):
             end = start + self._windows[wi][0]
             for p in passes:

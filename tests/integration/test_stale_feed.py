@@ -78,7 +78,7 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
         # reports first: topics are read side by side, and clicks read before them would let the
         # delay run out on 12:00 before its report is in.)
         truth.send_by_campaign(kafka_bootstrap, prefix, [_report(0), _report(1)])
-        time.sleep(2)
+        worker.wait_count("kpimon_events_total", {"type": "spend"}, 2)  # routed ahead of any click
         truth.send_by_campaign(kafka_bootstrap, prefix, _fast(0, 180))
         alerts.until(lambda s: thread("feed|spend") == [(1, "opened")], 120)
         # 12:00 is final (the 13:00 report says spend passed it) and opens the ROAS incident.
@@ -94,7 +94,7 @@ def test_a_stalled_spend_feed_alerts_once_holds_its_kpis_and_resolves(kafka_boot
         # (The report first: topics are read side by side, and clicks read far ahead of a report
         # due long ago would rightly make the feed stale again.)
         truth.send_by_campaign(kafka_bootstrap, prefix, [_report(5)])
-        time.sleep(2)
+        worker.wait_count("kpimon_events_total", {"type": "spend"}, 6)
         truth.send_by_campaign(kafka_bootstrap, prefix, _fast(305, 370))
         seen = snaps.until(lambda s: final_or_held(s, 4) is not None, 120)
         time.sleep(3)

@@ -295,6 +295,22 @@ def test_a_stalled_feed_raises_one_stale_alert_holds_its_kpis_and_resolves_when_
     assert cpa[0] == ("opened", T + 3 * HOUR)
 
 
+def test_a_report_read_after_the_fast_streams_went_quiet_still_opens_and_resolves_the_stale_feed() -> None:
+    """The feed's progress reaches the stale check on its own, not only with the next closed window."""
+    from kpi_core.incidents import AlertEvent
+
+    plan = make_plan(arrival={"ad-spend": {"delay": "90m"}})
+    ev = Feed(plan)
+    pipe = LocalPipeline(plan)
+
+    def feed_alerts(events: list[Routed]) -> list[tuple[int, str]]:
+        return [(a.seq, a.kind) for a in pipe.feed(events) if isinstance(a, AlertEvent) and a.thread == "feed|spend"]
+
+    assert feed_alerts(traffic(ev, hours=3)) == []  # clicks to 15:00; spend has never reported: not judged
+    assert feed_alerts([spend(ev, 1, 30.0)]) == [(1, "opened")]  # 13:00: two hours behind
+    assert feed_alerts([spend(ev, 2, 30.0)]) == [(2, "resolved")]  # 14:00: within 90 minutes
+
+
 def test_only_settle_windows_wait_for_delayed_data() -> None:
     # An hourly report says little about a minute: 1m windows publish what arrived in time
     # (CPA provisional, no second version, nothing kept), 1h windows wait for the report.

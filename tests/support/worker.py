@@ -138,6 +138,14 @@ class Worker:
         seen = sorted(str(sorted(k)) for k in self.samples(name))
         raise TimeoutError(f"no {name}{labels} on /metrics after {timeout}s; it has {seen}:\n{self.log()[-3000:]}")
 
+    def wait_count(self, name: str, labels: dict[str, str], value: float, timeout: float = 60) -> None:
+        """Poll /metrics until the sample with these labels reaches ``value`` (a counter caught up)."""
+        deadline = time.monotonic() + timeout
+        while (got := self.samples(name).get(frozenset(labels.items()), 0.0)) < value:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}{labels} is {got}, not {value}, after {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
