@@ -19,13 +19,15 @@ class DeliveryState:
     pending_id: str | None = None  # the event being delivered: set (and stored) before Slack is called
     severity: str | None = None  # what the thread's message shows now, so replies can say what changed
     firing: tuple[str, ...] = field(default=())  # KPIs the message shows as firing
+    incident: str | None = None  # the id of the opening the message shows (the buttons' incident)
 
     def delivered(self, event: AlertEvent, *, shown: bool = True) -> DeliveryState:
         """This state after ``event`` is delivered (``shown``) or skipped, with nothing pending."""
         if not shown:
             return replace(self, delivered_seq=max(self.delivered_seq, event.seq), pending_id=None)
         firing = tuple(f.kpi for f in event.findings if f.status == "firing")
-        return replace(self, delivered_seq=event.seq, pending_id=None, severity=event.severity, firing=firing)
+        incident = event.id if event.kind == "opened" else self.incident
+        return replace(self, delivered_seq=event.seq, pending_id=None, severity=event.severity, firing=firing, incident=incident)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class DeliveryState:
             "pending_id": self.pending_id,
             "severity": self.severity,
             "firing": list(self.firing),
+            "incident": self.incident,
         }
 
     @classmethod
@@ -46,6 +49,7 @@ class DeliveryState:
             pending_id=raw.get("pending_id"),
             severity=raw.get("severity"),
             firing=tuple(raw.get("firing") or ()),
+            incident=raw.get("incident"),
         )
 
 

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -31,9 +32,11 @@ from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
 
 from alerts.base import AlertDeliveryError, Delivery, DeliveryState
+from alerts.charts import incident_chart
 from alerts.render import render_event, render_update
 from alerts.settings import SlackSettings
 from alerts.slack import DEFAULT_MAX_RETRIES, WebhookPoster, delivery_error, web_client
+from kpi_core.feedback import IncidentFeedback, Ref
 from kpi_core.incidents import AlertEvent
 
 __all__ = [
@@ -67,7 +70,13 @@ class SlackThreadDelivery:
         retry_interval: RetryIntervalCalculator | None = None,
         grafana_url: str | None = None,
         lookback: int = DEFAULT_LOOKBACK,
+        buttons: bool = False,
+        feedback: Callable[[str | None], IncidentFeedback] | None = None,
+        charts: bool = True,
     ) -> None:
+        self._buttons = buttons  # Socket Mode is on: someone receives the clicks
+        self._feedback = feedback  # an incident's feedback so far (the feedback topic's fold)
+        self._charts = charts
         self._default_channel = default_channel
         self._grafana_url = grafana_url
         self._max_retries = max_retries
@@ -103,7 +112,9 @@ class SlackThreadDelivery:
         if _never_shown(event, state):
             return state.delivered(event, shown=False)
         in_doubt = state.pending_id == event.id and event.id not in self._clean
-        text, blocks = render_event(event, grafana_url=self._grafana_url)
+        incident = event.id if event.kind == "opened" else state.incident
+        text, blocks = render_event(event, grafana_url=self._grafana_url, ref=Ref.of(event, incident) if self._buttons and incident else None,
+                                    feedback=self._feedback(incident) if self._feedback and incident else None)
         if event.kind != "opened" and state.channel and state.root_ts:
             try:
                 await self._change_thread(event, state, text, blocks, in_doubt=in_doubt)
@@ -117,8 +128,40 @@ class SlackThreadDelivery:
             # The message found may predate a change of rendering; editing it again is harmless.
             await self._update(channel, ts, text, blocks)
         log.info("Alert %s (%s) posted to Slack channel %s (ts %s)", event.id, event.kind, channel, ts)
+        if event.kind == "opened" and self._charts:
+            await self._chart(event, channel, ts, in_doubt=found)
         self._clean.discard(event.id)
         return replace(state, channel=channel, root_ts=ts).delivered(event)
+
+    async def _chart(self, event: AlertEvent, channel: str, ts: str, *, in_doubt: bool) -> None:
+        """Upload the opening's chart into its thread, once; a chart that cannot be uploaded is
+        logged and left out (the alert itself is delivered)."""
+        png = await asyncio.to_thread(incident_chart, event)  # matplotlib off the event loop
+        if png is None:
+            return
+        name = f"kpimon-{re.sub(r'[^A-Za-z0-9._-]+', '_', event.id)}.png"
+        for attempt in range(self._max_retries + 1):
+            if (in_doubt or attempt) and await self._has_file(channel, ts, name):
+                return
+            try:
+                await self._client.files_upload_v2(
+                    channel=channel, thread_ts=ts, content=png, filename=name, title=f"{event.findings[0].kpi} chart",
+                    alt_txt=f"{event.findings[0].kpi} over the recent windows, with its target and the breaching windows marked",
+                )
+                log.info("Chart of alert %s uploaded to the thread %s", event.id, ts)
+                return
+            except Exception as err:
+                error = delivery_error("files.upload", err)
+                if not error.retryable or attempt == self._max_retries:
+                    log.warning("Chart of alert %s not uploaded (the bot needs files:write): %s", event.id, error)
+                    return
+                await asyncio.sleep(self._interval.calculate_sleep_duration(attempt))
+
+    async def _has_file(self, channel: str, ts: str, name: str) -> bool:
+        """Whether the thread already holds a file of this name (an upload in doubt)."""
+        response = await self._lookup("conversations.replies", self._client.conversations_replies(channel=channel, ts=ts, limit=200))
+        messages = response.get("messages") or [] if response is not None else []
+        return any(f.get("name") == name for m in messages for f in m.get("files") or [])
 
     async def close(self) -> None:
         """Nothing to release: slack-sdk opens a session per call."""
@@ -343,6 +386,8 @@ def build_delivery(
     default_channel: str | None = None,
     grafana_url: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    feedback: Callable[[str | None], IncidentFeedback] | None = None,
+    charts: bool = True,
 ) -> Delivery:
     """Slack threads if a bot token and channel are set, else the incoming webhook, else the console.
 
@@ -358,6 +403,9 @@ def build_delivery(
             api_url=settings.api_url,
             max_retries=max_retries,
             grafana_url=grafana_url,
+            buttons=settings.app_token is not None,
+            feedback=feedback,
+            charts=charts,
         )
     if settings.webhook_url:
         log.info("Alerts go to a Slack incoming webhook (one message per change: webhooks cannot edit)")

@@ -6,6 +6,7 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from kpi_core.feedback import ACK, FALSE_ALARM, SILENCE, SNOOZE, IncidentFeedback, Mark, Ref
 from kpi_core.incidents import AlertEvent, Finding
 from kpi_core.results import format_value, iso
 
@@ -53,13 +54,16 @@ _RULES = {"target": "target", "drift": "drift", "no_data": "no data", "stale": "
 
 
 def render_event(
-    event: AlertEvent, *, change: str | None = None, grafana_url: str | None = None
+    event: AlertEvent, *, change: str | None = None, grafana_url: str | None = None,
+    ref: Ref | None = None, feedback: IncidentFeedback | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The fallback text and Block Kit blocks of a thread's message, showing its current state.
 
     ``change`` (a ``render_update`` text) is for destinations that cannot edit a message,
     such as webhooks: it marks the message as an update and says what changed.
     ``grafana_url`` is the dashboard to link when the event carries no link of its own.
+    ``ref`` (the incident, when Slack's buttons are on) adds the buttons while it fires, and
+    ``feedback`` what people did about it (acknowledged by whom and when, snoozed...).
     """
     if not event.findings:
         raise ValueError("an alert event needs at least one finding")
@@ -74,8 +78,12 @@ def render_event(
     lines = [" · ".join([f"{icon} {name} {verdict}", *details]) for icon, name, verdict, details in findings]
     text = "\n".join([*top, _escape(title), *lines])
 
+    extra = feedback_blocks(ref, feedback, firing=event.status == "firing") if ref or feedback else []
+    status = feedback_line(feedback)
+    if status:
+        text += "\n" + status
     # The header and the context block take two, the mention and the change one each.
-    shown = findings[: MAX_BLOCKS - 2 - len(top)]
+    shown = findings[: MAX_BLOCKS - 2 - len(top) - len(extra)]
     blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER_CHARS)}}]
     blocks += [_section(line) for line in top]
     blocks += [_section("\n".join([f"{icon} *{name}* {verdict}", *details])) for icon, name, verdict, details in shown]
@@ -88,7 +96,63 @@ def render_event(
     if notes:
         context = {"type": "mrkdwn", "text": _clip(" · ".join(notes), MAX_SECTION_CHARS)}
         blocks.append({"type": "context", "elements": [context]})
-    return _clip(text, MAX_TEXT_CHARS), blocks
+    return _clip(text, MAX_TEXT_CHARS), blocks + extra
+
+
+FEEDBACK_BLOCK = "kpimon_feedback"  # block_id prefix of what feedback_blocks adds: replaced on each edit
+_BUTTONS = ((ACK, "Acknowledge", None), (SNOOZE, "Snooze until recovered", None), (SILENCE, "Silence 24 h", None),
+            (FALSE_ALARM, "False alarm", "danger"))
+_DONE = {ACK: "✔️ Acknowledged by", SNOOZE: "💤 Snoozed until recovered by", SILENCE: "🔕 Silenced for 24 h by",
+         FALSE_ALARM: "🚫 Closed as a false alarm by"}
+
+
+def feedback_line(feedback: IncidentFeedback | None) -> str:
+    """What people did about the incident, e.g. ``✔️ Acknowledged by <@U123> 2026-12-05 09:14 UTC``."""
+    if feedback is None:
+        return ""
+    return " · ".join(f"{_DONE[a]} <@{_escape(m.user)}> {_when(m)}" for a, _, _ in _BUTTONS if (m := feedback.marks.get(a)))
+
+
+def feedback_blocks(ref: Ref | None, feedback: IncidentFeedback | None, *, firing: bool) -> list[dict[str, Any]]:
+    """The feedback status line and, while the incident fires and is not closed, the buttons still to press."""
+    blocks: list[dict[str, Any]] = []
+    line = feedback_line(feedback)
+    if line:
+        blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK}_status",
+                       "elements": [{"type": "mrkdwn", "text": _clip(line, MAX_SECTION_CHARS)}]})
+    marks = feedback.marks if feedback else {}
+    if ref is not None and firing and FALSE_ALARM not in marks:
+        value = ref.to_value()
+        buttons = []
+        for action, label, style in _BUTTONS:
+            if action in marks:
+                continue
+            button: dict[str, Any] = {"type": "button", "action_id": f"kpimon_{action}", "value": value,
+                                      "text": {"type": "plain_text", "text": label}}
+            if style:
+                button["style"] = style
+            buttons.append(button)
+        blocks.append({"type": "actions", "block_id": FEEDBACK_BLOCK, "elements": buttons})
+    return blocks
+
+
+def refresh_feedback(text: str, blocks: list[dict[str, Any]], feedback: IncidentFeedback) -> tuple[str, list[dict[str, Any]]]:
+    """A message as Slack sent it with a click, showing ``feedback`` instead of what it showed.
+
+    The buttons stay only if the message had them (the incident still fires) and it is not
+    now closed as a false alarm; those already pressed go.
+    """
+    firing = any(b.get("block_id") == FEEDBACK_BLOCK for b in blocks)
+    kept = [b for b in blocks if not str(b.get("block_id", "")).startswith(FEEDBACK_BLOCK)]
+    lines = [line for line in text.split("\n") if not line.startswith(tuple(_DONE.values()))]
+    status = feedback_line(feedback)
+    return "\n".join([*lines, *([status] if status else [])]), kept + feedback_blocks(feedback.ref if firing else None, feedback, firing=firing)
+
+
+def _when(mark: Mark) -> str:
+    """A time Slack shows in each reader's own zone, with a UTC fallback."""
+    fallback = iso(mark.at)[:16].replace("T", " ") + " UTC"
+    return f"<!date^{mark.at // 1000}^{{date_short_pretty}} {{time}}|{fallback}>"
 
 
 def render_update(

@@ -22,6 +22,7 @@ class SlackSettings(BaseModel):
     channel: str | None = None
     webhook_url: SecretStr | None = None
     api_url: str = AsyncWebClient.BASE_URL
+    app_token: SecretStr | None = None  # Socket Mode: the buttons on incident messages
 
 
 def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
@@ -29,6 +30,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
     problems: list[tuple[str, str]] = []
     token = read_secret(env, "SLACK_BOT_TOKEN", problems)
     webhook_url = read_secret(env, "SLACK_WEBHOOK_URL", problems)
+    app_token = read_secret(env, "SLACK_APP_TOKEN", problems)
     channel = env_value(env, "SLACK_CHANNEL")
     api_url = env_value(env, "SLACK_API_URL") or AsyncWebClient.BASE_URL
 
@@ -39,6 +41,11 @@ def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
     if webhook_url and not _is_http_url(webhook_url):
         # The value is a secret: say what is wrong without repeating it.
         problems.append(("SLACK_WEBHOOK_URL", "expected an http(s) URL such as https://hooks.slack.com/services/..."))
+    if app_token and not app_token.startswith("xapp-"):
+        # A bot token (xoxb-) here is the usual mix-up; the value itself is not repeated.
+        problems.append(("SLACK_APP_TOKEN", "expected an app-level token (xapp-...) with the connections:write scope"))
+    if app_token and not _given(env, "SLACK_BOT_TOKEN"):
+        problems.append(("SLACK_APP_TOKEN", "needs SLACK_BOT_TOKEN too: the buttons edit the bot's messages"))
     if not _is_http_url(api_url):
         problems.append(("SLACK_API_URL", f"expected an http(s) URL like {AsyncWebClient.BASE_URL}, got {api_url!r}"))
     if problems:
@@ -47,6 +54,7 @@ def from_env(env: Mapping[str, str] = os.environ) -> SlackSettings:
         bot_token=SecretStr(token) if token else None,
         channel=channel,
         webhook_url=SecretStr(webhook_url) if webhook_url else None,
+        app_token=SecretStr(app_token) if app_token else None,
         api_url=api_url if api_url.endswith("/") else api_url + "/",
     )
 

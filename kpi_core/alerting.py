@@ -36,6 +36,7 @@ WEEK_MS = 7 * 86_400_000
 _DAYS = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays", "Sundays")
 NO_DATA = "no_data"
 STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
+HISTORY = 24  # windows of a group's recent values kept for the chart of an incident's opening
 
 Group = tuple[str, ...]
 Children = dict[tuple[Any, ...], list[tuple[str, Snapshot]]]  # (dims, group) -> [(the extra dim, a sub-group's snapshot)]
@@ -204,6 +205,9 @@ class AlertEngine:
         }
         self.tree_measures = {name: sorted({m for _, _, a, b in tree for m in (a, b)}) for name, tree in self.trees.items()}
         self.references: dict[tuple[Any, ...], tuple[int, dict[str, float]]] = {}
+        # Each judged group's recent values, for the chart of an incident's opening (alerts/charts.py).
+        # Memory only: a restarted worker's first charts show the windows judged since it started.
+        self.history: dict[tuple[Any, ...], dict[int, dict[str, float | None]]] = {}
         nd = cfg.alerting.no_data
         self.no_data = nd
         self._breakdown_set = set(plan.breakdowns)
@@ -223,6 +227,7 @@ class AlertEngine:
         (false-discovery control, root causes) before any incident moves.
         """
         snapshots = self._ordered(snapshots)
+        self._record_history(wi, snapshots)
         tests = [t for kpi, bi, group, snap in self._judged(snapshots) if (t := self._test(kpi, wi, bi, group, snap)) is not None]
         self._weigh(tests)
         kids = self._children(snapshots)
@@ -246,6 +251,22 @@ class AlertEngine:
             for kpi in snap.kpis:
                 if kpi in self.rules:
                     yield kpi, bi, group, snap
+
+    def _record_history(self, wi: int, snapshots: list[Snapshot]) -> None:
+        for snap in snapshots:
+            values = {k: v for k, v in snap.kpis.items() if k in self.rules}
+            if not values:
+                continue
+            key = (wi, self.plan.breakdowns.index(snap.dims), tuple(snap.group[d] for d in snap.dims))
+            recent = self.history.setdefault(key, {})
+            recent[snap.start] = values
+            if len(recent) > HISTORY:
+                del recent[min(recent)]
+
+    def recent(self, wi: int, bi: int, group: Group, kpis: list[str]) -> dict[str, list[list[Any]]]:
+        """Per KPI, its values in the group's last ``HISTORY`` judged windows: ``[[start, value], ...]``."""
+        recent = self.history.get((wi, bi, group), {})
+        return {k: [[start, recent[start].get(k)] for start in sorted(recent)] for k in kpis}
 
     def _ordered(self, snapshots: list[Snapshot]) -> list[Snapshot]:
         # The same window judged whole (replay) or gathered from partitions (live) in any order
@@ -545,6 +566,8 @@ class AlertEngine:
         findings = [Finding.from_json(self._incident(k, wi, bi, group).finding or {}) for k in [*firing, *resolved]]
         severities = [f.severity for f in findings if f.status == "firing"] or [f.severity for f in findings]
         channel, mention = self._route(snap.group, [f.kpi for f in findings])
+        if kind == "opened":
+            extra = {**(extra or {}), "history": self.recent(wi, bi, group, firing)}
         return AlertEvent(
             thread="|".join([self.plan.windows[wi].name, breakdown_name(snap.dims), *group]),
             seq=thread.seq, kind=kind, window=snap.window, start=snap.start, end=snap.end, dims=snap.dims,

@@ -282,6 +282,58 @@ class Fdr(_Model):
     _percent = field_validator("q", mode="before")(lambda v: _parse_number(v))
 
 
+def _zone(value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as Europe/Berlin") from None
+    return value
+
+
+class SlackControls(_Model):
+    """Slack as a control surface (needs SLACK_APP_TOKEN): who may press an incident's buttons.
+
+    With neither list, anyone who can see the message may; user IDs look like ``U0123ABCD``,
+    user-group IDs like ``S0123ABCD``."""
+
+    allowed_users: list[str] = []
+    allowed_groups: list[str] = []
+    charts: bool = True  # a PNG of the KPI in each opened incident's thread (bot token, files:write)
+
+    @field_validator("allowed_users", "allowed_groups")
+    @classmethod
+    def _ids(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not re.fullmatch(r"[A-Z][A-Z0-9]{2,}", v):
+                raise ValueError(f"{v!r} is not a Slack ID (such as U0123ABCD or S0123ABCD); names and @handles change, IDs do not")
+        return values
+
+
+class Digest(_Model):
+    """A daily summary posted to one Slack channel at a local time: yesterday's KPIs against
+    their targets for the channel's groups, the top movers, incidents opened and resolved."""
+
+    channel: str | None = None  # else alerting.default_channel / SLACK_CHANNEL
+    at: str = "09:00"  # local time, HH:MM
+    timezone: str = "UTC"
+    window: str | None = None  # the configured window summed into the day; default: the smallest
+    breakdown: list[str] = ["campaign"]  # the digest's rows: groups of this breakdown routed to the channel
+    kpis: list[str] | None = None  # default: the KPIs with targets
+    top: int = Field(default=10, ge=1, le=50)  # rows and movers shown
+
+    _tz = field_validator("timezone")(lambda v: _zone(v))
+
+    @field_validator("at")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+        if not m:
+            raise ValueError(f"expected a local time HH:MM such as 09:00, got {value!r}")
+        return f"{int(m[1]):02d}:{m[2]}"
+
+
 class Alerting(_Model):
     """Where alerts go and what they link to."""
 
@@ -291,17 +343,10 @@ class Alerting(_Model):
     no_data: NoData | None = None
     timezone: str = "UTC"  # where "this hour on Tuesdays" is reckoned (seasonal baselines; DST-safe)
     fdr: Fdr | None = Fdr()  # null: every breach may open an incident on its own evidence
+    slack: SlackControls = SlackControls()
+    digests: list[Digest] = []
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; expected an IANA name such as Europe/Berlin") from None
-        return value
+    _tz = field_validator("timezone")(lambda v: _zone(v))
 
 
 def driver_factors(kpi: Kpi) -> list[tuple[str, int]]:
@@ -478,6 +523,7 @@ class Topics(_Model):
     snapshots: str = "kpi-snapshots"
     alerts: str = "kpi-alerts"  # the outbox: alert events are written here before delivery
     silences: str = "kpimon-silences"  # compacted
+    feedback: str = "kpimon-feedback"  # compacted: clicks on incidents' Slack buttons, and the incidents shown
     partitions: int = Field(default=4, ge=1, le=1024)
 
     def types(self) -> dict[str, str]:
@@ -603,6 +649,15 @@ class Config(_Model):
         names = [w.name for w in self.windows]
         if len(set(names)) != len(names):
             problems.append(("windows", "window names must be unique"))
+        for i, d in enumerate(self.alerting.digests):
+            path = f"alerting.digests[{i}]"
+            if d.window is not None and d.window not in names:
+                problems.append((f"{path}.window", f"no window named {d.window!r}; expected one of {', '.join(names)}"))
+            if d.breakdown not in [list(b) for b in self.breakdowns]:
+                problems.append((f"{path}.breakdown", f"{d.breakdown} is not one of the breakdowns: {self.breakdowns}"))
+            for j, k in enumerate(d.kpis or []):
+                if k not in self.kpis:
+                    problems.append((f"{path}.kpis[{j}]", f"unknown KPI {k!r}; expected one of {', '.join(self.kpis)}"))
         if problems:
             raise ConfigError(problems)
         return self

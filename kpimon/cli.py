@@ -96,7 +96,7 @@ def worker(
     from streams.app import Pipeline
     from streams.metrics import Metrics
     from streams.settings import Settings
-    from streams.silences import SilenceWatcher
+    from streams.silences import FeedbackWatcher, SilenceWatcher
 
     cfg = _load(config)
     try:
@@ -106,9 +106,12 @@ def worker(
         raise typer.Exit(2) from None
     ensure_topics(cfg, settings.worker, security=settings.kafka)
     plan = Plan(cfg)
-    delivery = build_delivery(settings.slack, default_channel=cfg.alerting.default_channel)
+    feedback = FeedbackWatcher(settings.worker.bootstrap, cfg.topics.feedback, security=settings.kafka)
+    delivery = build_delivery(settings.slack, default_channel=cfg.alerting.default_channel, feedback=feedback.feedback.get,
+                              charts=cfg.alerting.slack.charts)
     silences = SilenceWatcher(settings.worker.bootstrap, cfg.topics.silences, security=settings.kafka)
-    pipeline = Pipeline(plan, settings.worker, delivery, Metrics(plan), silences, security=settings.kafka)
+    pipeline = Pipeline(plan, settings.worker, delivery, Metrics(plan), silences, security=settings.kafka,
+                        feedback=feedback, slack=settings.slack)
     level = loglevel.upper()
     if level not in ("DEBUG", "INFO"):
         # The frameworks' warnings ("Timer commit is overlapping", a slow task "blocking the event

@@ -13,6 +13,11 @@ A router and three agents, each thin; the rules are in ``kpi_core`` and ``alerts
    alerts topic, state; then the Prometheus gauges are updated.
 4. ``deliver`` takes outbox records through ``alerts/outbox.py`` to Slack.
 
+Beside them: every worker follows the silences and the Slack feedback topics
+(``streams/silences.py``); with ``SLACK_APP_TOKEN`` each holds a Socket Mode connection for
+the incident buttons (``streams/interactive.py``), and the worker judging windows (stage-2
+partition 0) posts the daily digests (``streams/digest.py``).
+
 ``streams/ops.py`` watches the worker itself (Kafka reachability, a stalled recovery, lag,
 ``/health``). Faust's windowed tables are not used: their expiry runs on the wall clock, and
 windows recovered from the changelog never expire. Window assignment and closing live in
@@ -31,8 +36,9 @@ from typing import Any
 import faust
 import orjson
 
-from alerts import Delivery
+from alerts import Delivery, DeliveryState, SlackSettings
 from alerts.outbox import Outbox
+from kpi_core.feedback import incident_record
 from kpi_core.errors import InvalidEvent
 from kpi_core.plan import Plan
 from kpi_core.incidents import AlertEvent
@@ -44,7 +50,8 @@ from streams.ordered import GapReader, sequence
 from streams.router import Router
 from streams.security import KafkaSecurity
 from streams.settings import WorkerSettings
-from streams.silences import SilenceWatcher
+from streams.interactive import SlackControl
+from streams.silences import FeedbackWatcher, SilenceWatcher
 from streams.ops import Ops
 
 log = logging.getLogger("kpimon.worker")
@@ -69,12 +76,14 @@ class Pipeline:
     """Wires kpi_core's stages to Faust topics and tables."""
 
     def __init__(self, plan: Plan, settings: WorkerSettings, delivery: Delivery, metrics: Metrics,
-                 silences: SilenceWatcher | None = None, *, security: KafkaSecurity) -> None:
+                 silences: SilenceWatcher | None = None, *, security: KafkaSecurity,
+                 feedback: FeedbackWatcher | None = None, slack: SlackSettings | None = None) -> None:
         self.plan = plan
         self.settings = settings
         self.delivery = delivery
         self.metrics = metrics
         self.silences = silences
+        self.feedback = feedback
         cfg = plan.config
         self.partitions = cfg.topics.partitions
         self.app = faust.App(
@@ -121,7 +130,14 @@ class Pipeline:
         self.delivery_table = app.Table("delivery", partitions=cfg.topics.partitions, key_type=str, value_type=bytes)
         # The in-doubt mark is durable (the producer flushed) before Slack is called.
         self.outbox = Outbox(delivery, self.delivery_table, lambda: self.app.producer.flush(), silences=silences,
-                             count=lambda outcome: self.metrics.alerts.labels(outcome).inc())
+                             count=lambda outcome: self.metrics.alerts.labels(outcome).inc(),
+                             feedback=feedback.feedback.get if feedback else None, shown=self._shown if feedback else None)
+        self.control = None
+        if feedback is not None:
+            metrics.watch_feedback(feedback.feedback)
+            if slack is not None and slack.app_token is not None and slack.bot_token is not None:
+                self.control = SlackControl(slack, cfg.alerting.slack, feedback, self._write, silences_topic=cfg.topics.silences,
+                                            count=lambda outcome: self.metrics.clicks.labels(outcome).inc())
         self.stage1: dict[int, Stage1] = {}
         self.stage2: dict[int, Stage2] = {}
         self.topics = {LATE: self.late_topic, PARTIALS: self.partials_topic, SNAPSHOTS: self.snapshot_topic,
@@ -145,6 +161,7 @@ class Pipeline:
         app.timer(2.0, name="recovery-watchdog")(self.ops.watch_recovery)
         app.task(self._start_web)
         app.task(self._start_silences)
+        app.task(self._start_feedback)
         app.on_partitions_revoked.connect(self._on_revoked)
 
     def _table(self, name: str) -> KeyPartitionedTable:
@@ -349,6 +366,21 @@ class Pipeline:
     async def _start_silences(self) -> None:
         if self.silences is not None:
             await self.silences.start()
+
+    async def _start_feedback(self) -> None:
+        if self.feedback is not None:
+            await self.feedback.start()
+        if self.control is not None:
+            await self.control.start()
+
+    async def _write(self, topic: str, key: str, value: bytes) -> None:
+        """One keyed record to a compacted topic, durable when this returns."""
+        await self.app.producer.send_and_wait(topic, key.encode(), value, None, None, None)
+
+    async def _shown(self, alert: AlertEvent, state: DeliveryState) -> None:
+        """An opening reached people: the incident counts in its rules' precision."""
+        assert self.feedback is not None
+        await self._write(self.feedback.topic, *incident_record(alert, state.incident or alert.id, state.channel, state.root_ts))
 
     async def _start_web(self) -> None:
         host, port = self.settings.metrics_host or self.plan.config.metrics_host, self.settings.metrics_port or self.plan.config.metrics_port

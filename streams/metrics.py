@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from kpi_core.feedback import FeedbackSet
 
 from kpi_core.plan import SESSIONS, Plan
 from kpi_core.results import Snapshot, breakdown_name
@@ -164,6 +166,29 @@ class KpiCollector:
         }
 
 
+class FeedbackCollector:
+    """What people said about alerts from Slack, read at scrape time from the feedback topic's fold.
+
+    Every worker follows the whole topic, so every worker exports the same cluster-wide
+    values: dashboards take ``max`` over workers, not ``sum``.
+    """
+
+    def __init__(self, feedback: FeedbackSet) -> None:
+        self.feedback = feedback
+
+    def collect(self) -> Iterator[Metric]:
+        counts = CounterMetricFamily("kpimon_alert_feedback", "Incidents given each verdict from Slack's buttons "
+                                     "(acknowledged, snoozed, silenced, false_alarm), once per incident, by rule", labels=["rule", "verdict"])
+        for (rule, verdict), n in sorted(self.feedback.counts().items()):
+            counts.add_metric([rule, verdict], n)
+        precision = GaugeMetricFamily("kpimon_alert_precision", "Per rule: incidents not marked a false alarm ÷ incidents shown",
+                                      labels=["rule"])
+        for rule, p in sorted(self.feedback.precision().items()):
+            precision.add_metric([rule], p)
+        yield counts
+        yield precision
+
+
 class Metrics:
     """The worker's metrics, on a registry of its own."""
 
@@ -181,6 +206,9 @@ class Metrics:
         self.snapshots = Counter("kpimon_snapshots", "Closed-window snapshots published", registry=r)
         self.alerts = Counter("kpimon_alerts", "Alert deliveries, by outcome", ["outcome"], registry=r)
         self.alert_events = Counter("kpimon_alert_events", "Alert events written to the outbox, by kind", ["kind"], registry=r)
+        self.clicks = Counter("kpimon_slack_clicks", "Clicks on incident buttons handled here, by outcome "
+                              "(applied, repeated, refused, ignored, invalid, failed)", ["outcome"], registry=r)
+        self.digests = Counter("kpimon_digests", "Daily digests, by outcome (posted, found: posted before)", ["outcome"], registry=r)
         self.source_time = Gauge("kpimon_source_event_time_seconds",
                                  "Latest event time routed from each source partition (or promised by a progress marker)",
                                  ["topic", "partition"], registry=r)
@@ -195,6 +223,9 @@ class Metrics:
         self.kpis = KpiCollector(plan)
         r.register(self.kpis)
         ProcessCollector(registry=r)
+
+    def watch_feedback(self, feedback: FeedbackSet) -> None:
+        self.registry.register(FeedbackCollector(feedback))
 
     def record_watermark(self, partition: int, watermark: int | None, holders: set[str]) -> None:
         """Stage 1's watermark for one partition, and which sources hold it back (e.g. a paused backfill)."""

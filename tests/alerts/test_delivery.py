@@ -89,7 +89,8 @@ def test_opening_posts_one_message_carrying_the_event_id(slack_api: SlackAPIServ
         "event_payload": {"id": "1m|campaign|spring-sale#1", "thread": "1m|campaign|spring-sale"},
     }
     assert state == DeliveryState(
-        channel=slack_api.channel_id(CHANNEL), root_ts=message.ts, delivered_seq=1, severity="critical", firing=("ctr",)
+        channel=slack_api.channel_id(CHANNEL), root_ts=message.ts, delivered_seq=1, severity="critical", firing=("ctr",),
+        incident="1m|campaign|spring-sale#1",
     )
     assert paths(slack_api) == ["chat.postMessage"]  # nothing was in doubt, so nothing was looked up
 
