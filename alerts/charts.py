@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
+from kpi_core.digest import Report
 from kpi_core.incidents import AlertEvent, Finding
 
 WIDTH, HEIGHT, DPI = 800, 400, 100
@@ -80,6 +81,17 @@ def bar_chart(title: str, bars: list[tuple[str, float | None]], target: float | 
     ax.set_title(title, fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
+
+
+def digest_chart(report: Report) -> bytes | None:
+    """A digest's first KPI per group, against its target; None when no group has a value."""
+    if not report.kpis:
+        return None
+    kpi = report.kpis[0]
+    bars = [(", ".join(r.group.values()) or "all", r.kpis.get(kpi)) for r in report.rows][:20]
+    if not any(v is not None for _, v in bars):
+        return None
+    return bar_chart(f"{kpi} on {report.day.isoformat()} ({report.timezone})", bars, report.targets.get(kpi))
 
 
 def _figure() -> Figure:

@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 from aiohttp import ClientConnectorError
@@ -134,26 +134,33 @@ class SlackThreadDelivery:
         return replace(state, channel=channel, root_ts=ts).delivered(event)
 
     async def _chart(self, event: AlertEvent, channel: str, ts: str, *, in_doubt: bool) -> None:
-        """Upload the opening's chart into its thread, once; a chart that cannot be uploaded is
-        logged and left out (the alert itself is delivered)."""
+        """Upload the opening's chart into its thread, once."""
         png = await asyncio.to_thread(incident_chart, event)  # matplotlib off the event loop
-        if png is None:
-            return
-        name = f"kpimon-{re.sub(r'[^A-Za-z0-9._-]+', '_', event.id)}.png"
+        kpi = event.findings[0].kpi
+        if png is not None:
+            await self.upload(channel, ts, event.id, png, title=f"{kpi} chart", in_doubt=in_doubt,
+                              alt=f"{kpi} over the recent windows, with its target and the breaching windows marked")
+
+    async def post_once(self, channel: str, key: str, text: str, blocks: list[dict[str, Any]]) -> tuple[str, str, bool]:
+        """Post a message carrying ``key`` unless the channel has one already (a digest after a
+        restart): the channel ID and ts of the message, and whether it was found, not posted."""
+        return await self._post(channel, _Keyed(key, key), text=text, blocks=blocks, in_doubt=True)
+
+    async def upload(self, channel: str, ts: str, key: str, png: bytes, *, title: str, alt: str, in_doubt: bool) -> None:
+        """Upload a PNG into a thread once (``files_upload_v2``). A chart that cannot be uploaded
+        is logged and left out: the message it illustrates is delivered."""
+        name = f"kpimon-{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
         for attempt in range(self._max_retries + 1):
             if (in_doubt or attempt) and await self._has_file(channel, ts, name):
                 return
             try:
-                await self._client.files_upload_v2(
-                    channel=channel, thread_ts=ts, content=png, filename=name, title=f"{event.findings[0].kpi} chart",
-                    alt_txt=f"{event.findings[0].kpi} over the recent windows, with its target and the breaching windows marked",
-                )
-                log.info("Chart of alert %s uploaded to the thread %s", event.id, ts)
+                await self._client.files_upload_v2(channel=channel, thread_ts=ts, content=png, filename=name, title=title, alt_txt=alt)
+                log.info("Chart %s uploaded to the thread %s", name, ts)
                 return
             except Exception as err:
                 error = delivery_error("files.upload", err)
                 if not error.retryable or attempt == self._max_retries:
-                    log.warning("Chart of alert %s not uploaded (the bot needs files:write): %s", event.id, error)
+                    log.warning("Chart %s not uploaded (the bot needs files:write): %s", name, error)
                     return
                 await asyncio.sleep(self._interval.calculate_sleep_duration(attempt))
 
@@ -190,7 +197,7 @@ class SlackThreadDelivery:
     async def _post(
         self,
         channel: str,
-        event: AlertEvent,
+        event: AlertEvent | _Keyed,
         *,
         text: str,
         blocks: list[dict[str, Any]] | None = None,
@@ -444,6 +451,14 @@ def _code(err: BaseException) -> str | None:
     if isinstance(err, SlackApiError) and isinstance(err.response.data, dict):
         return err.response.data.get("error")
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyed:
+    """What ``_post`` needs of a message that is not an alert event (a digest): its id."""
+
+    id: str
+    thread: str
 
 
 class _RootGone(Exception):

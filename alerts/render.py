@@ -6,6 +6,7 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from kpi_core.digest import Report
 from kpi_core.feedback import ACK, FALSE_ALARM, SILENCE, SNOOZE, IncidentFeedback, Mark, Ref
 from kpi_core.incidents import AlertEvent, Finding
 from kpi_core.results import format_value, iso
@@ -352,3 +353,38 @@ def _line(f: Finding) -> tuple[str, float | None]:
 
 def _side(f: Finding) -> str:
     return "below" if f.direction == "higher" else "above"
+
+
+def render_digest(report: Report, top: int = 10) -> tuple[str, list[dict[str, Any]]]:
+    """A daily digest: the groups' KPIs (breaches first), the top movers, the incidents of the day."""
+    title = f"KPI digest · {report.day.isoformat()} ({report.timezone})"
+    rows = sorted(report.rows, key=lambda r: (-len(r.breaches), sorted(r.group.items())))
+    lines = []
+    for row in rows[:top]:
+        label = _escape(", ".join(f"{d}={v}" for d, v in row.group.items()) or "all traffic")
+        facts = []
+        for k in report.kpis:
+            v = row.kpis.get(k)
+            if v is None:
+                continue
+            target = report.targets.get(k)
+            mark = f" ⚠️ (target {format_value(target, report.units[k])})" if k in row.breaches and target is not None else (
+                " ⚠️" if k in row.breaches else "")
+            facts.append(f"{k} {format_value(v, report.units[k])}{mark}")
+        lines.append(f"*{label}* · " + " · ".join(facts or ["no data"]))
+    if len(rows) > top:
+        lines.append(f"…and {len(rows) - top} more")
+    movers = [f"{m.kpi} {_escape(', '.join(f'{d}={v}' for d, v in m.group.items()))}: {format_value(m.before, report.units[m.kpi])} → "
+              f"{format_value(m.after, report.units[m.kpi])} ({m.change:+.0%})" for m in report.movers]
+    incidents = [f"{_ICONS.get(a.get('severity', ''), '🟠')} {', '.join(sorted({f['kpi'] for f in a['findings']}))} · "
+                 f"{_escape(_group_label(tuple(a['dims']), a['group']))} from {iso(a['start'])[11:16]} UTC" for a in report.opened]
+    summary = f"Incidents: {len(report.opened)} opened, {len(report.resolved)} resolved"
+    parts = [title, *(lines or ["No data for this channel's groups."]), "Top movers vs the day before:" if movers else "",
+             *movers, summary, *incidents]
+    text = _clip("\n".join(p for p in parts if p), MAX_TEXT_CHARS)
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": _clip(title, MAX_HEADER_CHARS)}}]
+    blocks.append(_section("\n".join(lines) or "No data for this channel's groups."))
+    if movers:
+        blocks.append(_section("*Top movers vs the day before*\n" + "\n".join(movers)))
+    blocks.append(_section(f"*{summary}*" + "".join("\n" + i for i in incidents)))
+    return text, blocks

@@ -14,7 +14,6 @@ values. An incident that the revised values would not have opened is *withdrawn*
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import asdict, dataclass
 from zoneinfo import ZoneInfo
@@ -789,16 +788,7 @@ class AlertEngine:
                 }]
 
     def _route(self, group: dict[str, str], kpis: list[str]) -> tuple[str | None, str | None]:
-        for route in self.plan.config.alerting.routes:
-            ok = True
-            for dim, pattern in route.match.items():
-                values = kpis if dim == "kpi" else [group.get(dim)]
-                if not any(v is not None and fnmatch.fnmatchcase(v, pattern) for v in values):
-                    ok = False
-                    break
-            if ok:
-                return route.channel, route.mention
-        return self.plan.config.alerting.default_channel, None
+        return self.plan.config.alerting.route(group, kpis)
 
     def _grafana(self, snap: Snapshot) -> str | None:
         base = self.plan.config.alerting.grafana_url

@@ -316,7 +316,7 @@ class Digest(_Model):
     their targets for the channel's groups, the top movers, incidents opened and resolved."""
 
     channel: str | None = None  # else alerting.default_channel / SLACK_CHANNEL
-    at: str = "09:00"  # local time, HH:MM
+    at: str = "09:00"  # local time, HH:MM (or HH:MM:SS)
     timezone: str = "UTC"
     window: str | None = None  # the configured window summed into the day; default: the smallest
     breakdown: list[str] = ["campaign"]  # the digest's rows: groups of this breakdown routed to the channel
@@ -328,10 +328,10 @@ class Digest(_Model):
     @field_validator("at")
     @classmethod
     def _clock(cls, value: str) -> str:
-        m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+        m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)(:[0-5]\d)?", value.strip())
         if not m:
             raise ValueError(f"expected a local time HH:MM such as 09:00, got {value!r}")
-        return f"{int(m[1]):02d}:{m[2]}"
+        return f"{int(m[1]):02d}:{m[2]}{m[3] or ''}"
 
 
 class Alerting(_Model):
@@ -347,6 +347,14 @@ class Alerting(_Model):
     digests: list[Digest] = []
 
     _tz = field_validator("timezone")(lambda v: _zone(v))
+
+    def route(self, group: dict[str, str], kpis: list[str]) -> tuple[str | None, str | None]:
+        """The Slack channel (None: SLACK_CHANNEL) and mention for a group's alerts on these KPIs: the first route that matches."""
+        for route in self.routes:
+            if all(any(v is not None and fnmatch.fnmatchcase(v, pattern) for v in (kpis if dim == "kpi" else [group.get(dim)]))
+                   for dim, pattern in route.match.items()):
+                return route.channel, route.mention
+        return self.default_channel, None
 
 
 def driver_factors(kpi: Kpi) -> list[tuple[str, int]]:
