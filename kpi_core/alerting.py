@@ -35,6 +35,7 @@ WEEK_MS = 7 * 86_400_000
 _DAYS = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays", "Sundays")
 NO_DATA = "no_data"
 STALE = "stale"  # a delayed source (config.arrival) further behind the fast streams than its delay
+RULES = ("target", "drift", NO_DATA, STALE)  # what a finding's rule may be
 HISTORY = 24  # windows of a group's recent values kept for the chart of an incident's opening
 
 Group = tuple[str, ...]

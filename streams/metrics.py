@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from kpi_core.feedback import FeedbackSet
+from kpi_core.alerting import RULES
+from kpi_core.feedback import VERDICTS, FeedbackSet
 
 from kpi_core.plan import SESSIONS, Plan
 from kpi_core.results import Snapshot, breakdown_name
@@ -179,7 +180,9 @@ class FeedbackCollector:
     def collect(self) -> Iterator[Metric]:
         counts = CounterMetricFamily("kpimon_alert_feedback", "Incidents given each verdict from Slack's buttons "
                                      "(acknowledged, snoozed, silenced, false_alarm), once per incident, by rule", labels=["rule", "verdict"])
-        for (rule, verdict), n in sorted(self.feedback.counts().items()):
+        # Every rule's verdicts start at 0, so a rate is defined before the first click.
+        found = {(rule, verdict): 0 for rule in RULES for verdict in VERDICTS.values()} | self.feedback.counts()
+        for (rule, verdict), n in sorted(found.items()):
             counts.add_metric([rule, verdict], n)
         precision = GaugeMetricFamily("kpimon_alert_precision", "Per rule: incidents not marked a false alarm ÷ incidents shown",
                                       labels=["rule"])

@@ -328,6 +328,20 @@ def campaign_kpis() -> Json:
             decimals=4,
             description="Every KPI group whose incident is firing (kpimon_alert_firing == 1), with its last value and target.",
         ),
+        row("Alert quality (Slack feedback)"),
+        timeseries(
+            "Precision by rule",
+            [target("max by (rule) (kpimon_alert_precision)", "{{rule}}")],
+            unit="percentunit", w=12, decimals=2, min_=0,
+            description="Incidents not marked a false alarm from Slack, divided by incidents shown, per rule. Every worker "
+                        "exports the same cluster-wide value (from the feedback topic), hence max, not sum.",
+        ),
+        timeseries(
+            "Feedback by verdict",
+            [target("max by (rule, verdict) (kpimon_alert_feedback_total)", "{{rule}} {{verdict}}")],
+            w=12, decimals=0, min_=0,
+            description="Incidents acknowledged, snoozed, silenced or closed as a false alarm from Slack's buttons, once per incident.",
+        ),
     ]
     return dashboard(
         uid="kpimon-campaign-kpis",

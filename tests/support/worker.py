@@ -57,6 +57,7 @@ def topic_names(prefix: str) -> dict[str, Any]:
         "snapshots": f"{prefix}-kpi-snapshots",
         "alerts": f"{prefix}-kpi-alerts",
         "silences": f"{prefix}-silences",
+        "feedback": f"{prefix}-feedback",
         "partitions": 2,
     }
 
