@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from aiohttp import ClientConnectorError
 from pydantic import SecretStr
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
 from slack_sdk.web.async_client import AsyncWebClient
@@ -159,7 +159,8 @@ class SlackThreadDelivery:
                 return
             except Exception as err:
                 error = delivery_error("files.upload", err)
-                if not error.retryable or attempt == self._max_retries:
+                # SlackRequestError: the upload URL (Slack's file storage) refused the bytes: a new URL may take them.
+                if not (error.retryable or isinstance(err, SlackRequestError)) or attempt == self._max_retries:
                     log.warning("Chart %s not uploaded (the bot needs files:write): %s", name, error)
                     return
                 await asyncio.sleep(self._interval.calculate_sleep_duration(attempt))

@@ -262,6 +262,12 @@ class AlertEngine:
             recent[snap.start] = values
             if len(recent) > HISTORY:
                 del recent[min(recent)]
+        if snapshots:
+            # Groups gone quiet for HISTORY windows go: campaigns come and go over months.
+            w = self.plan.windows[wi]
+            cutoff = snapshots[0].start - HISTORY * (w.step or w.size)
+            for key in [k for k, v in self.history.items() if k[0] == wi and next(reversed(v)) < cutoff]:
+                del self.history[key]
 
     def recent(self, wi: int, bi: int, group: Group, kpis: list[str]) -> dict[str, list[list[Any]]]:
         """Per KPI, its values in the group's last ``HISTORY`` judged windows: ``[[start, value], ...]``."""

@@ -174,3 +174,16 @@ def test_a_window_finalized_twice_after_a_restart_is_evaluated_once() -> None:
     assert engine.evaluate(0, T, "events", window(0)) == []
     assert engine.evaluate(0, T, "events", window(0)) == []  # the same window again: still one breaching window
     assert [a.kind for a in engine.evaluate(0, T + MIN, "events", window(1))] == ["opened"]
+
+
+def test_an_opening_carries_its_groups_recent_values_for_the_chart() -> None:
+    from kpi_core.alerting import HISTORY
+
+    plan = _config({"ctr": {"value": "5%", "min_denominator": 50}}, breakdowns=[["campaign"]])
+    # 30 healthy windows at 10%, then 4%: the opening shows the last HISTORY windows, the breach last.
+    windows = [(100, 10)] * 30 + [(100, 4)]
+    (opened,) = [a for a in _traffic(plan, {"spring": windows}) if a.kind == "opened"]
+    history = opened.extra["history"]["ctr"]
+    assert [start for start, _ in history] == [T + w * MIN for w in range(31 - HISTORY, 31)]
+    assert [v for _, v in history] == pytest.approx([0.1] * (HISTORY - 1) + [0.04])
+    assert list(opened.extra["history"]) == ["ctr"]
