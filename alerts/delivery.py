@@ -141,6 +141,10 @@ class SlackThreadDelivery:
             await self.upload(channel, ts, event.id, png, title=f"{kpi} chart", in_doubt=in_doubt,
                               alt=f"{kpi} over the recent windows, with its target and the breaching windows marked")
 
+    async def find_posted(self, channel: str, key: str) -> tuple[str, str] | None:
+        """The channel ID and ts of a message ``post_once`` posted with ``key``, if the channel's latest messages hold it."""
+        return await self._find(channel, key, None)
+
     async def post_once(self, channel: str, key: str, text: str, blocks: list[dict[str, Any]]) -> tuple[str, str, bool]:
         """Post a message carrying ``key`` unless the channel has one already (a digest after a
         restart): the channel ID and ts of the message, and whether it was found, not posted."""
@@ -149,7 +153,7 @@ class SlackThreadDelivery:
     async def upload(self, channel: str, ts: str, key: str, png: bytes, *, title: str, alt: str, in_doubt: bool) -> None:
         """Upload a PNG into a thread once (``files_upload_v2``). A chart that cannot be uploaded
         is logged and left out: the message it illustrates is delivered."""
-        name = f"kpimon-{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
+        name = _chart_name(key)
         for attempt in range(self._max_retries + 1):
             if (in_doubt or attempt) and await self._has_file(channel, ts, name):
                 return
@@ -164,6 +168,10 @@ class SlackThreadDelivery:
                     log.warning("Chart %s not uploaded (the bot needs files:write): %s", name, error)
                     return
                 await asyncio.sleep(self._interval.calculate_sleep_duration(attempt))
+
+    async def has_chart(self, channel: str, ts: str, key: str) -> bool:
+        """Whether the thread holds the chart ``upload`` uploads for ``key``."""
+        return await self._has_file(channel, ts, _chart_name(key))
 
     async def _has_file(self, channel: str, ts: str, name: str) -> bool:
         """Whether the thread already holds a file of this name (an upload in doubt)."""
@@ -452,6 +460,10 @@ def _code(err: BaseException) -> str | None:
     if isinstance(err, SlackApiError) and isinstance(err.response.data, dict):
         return err.response.data.get("error")
     return None
+
+
+def _chart_name(key: str) -> str:
+    return f"kpimon-{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.png"
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,8 +61,12 @@ class Report:
 
     @property
     def id(self) -> str:
-        """The idempotency key of this digest: one per channel and day."""
-        return f"digest|{self.channel}|{self.day.isoformat()}"
+        return digest_id(self.channel, self.day)
+
+
+def digest_id(channel: str, day: date) -> str:
+    """The idempotency key of a digest: one per channel and day."""
+    return f"digest|{channel}|{day.isoformat()}"
 
 
 def due(spec: Digest, now_ms: int) -> date | None:

@@ -26,7 +26,7 @@ from alerts.charts import digest_chart
 from alerts.delivery import SlackThreadDelivery
 from alerts.render import render_digest
 from kpi_core.config import Digest
-from kpi_core.digest import build, day_range, due
+from kpi_core.digest import build, day_range, digest_id, due
 from kpi_core.plan import Plan
 from streams.security import KafkaSecurity
 
@@ -71,12 +71,18 @@ class DigestPoster:
         channel = spec.channel or self.fallback
         if channel is None:
             raise ValueError("no channel: set alerting.digests[].channel, alerting.default_channel or SLACK_CHANNEL")
+        delivery: SlackThreadDelivery = self.delivery
+        key = digest_id(channel, day)
+        posted = await delivery.find_posted(channel, key)
+        if posted is not None and await delivery.has_chart(*posted, key):
+            log.info("digest %s was posted before (ts %s)", key, posted[1])
+            self.count("found")
+            return
         since = day_range(day - timedelta(days=1), spec.timezone)[0] - HOUR_MS
         cfg = self.plan.config
         snapshots, alerts = await asyncio.to_thread(self._read, [cfg.topics.snapshots, cfg.topics.alerts], since)
         report = build(self.plan, spec, day, snapshots, alerts, fallback=self.fallback or channel)
         text, blocks = render_digest(report, spec.top)
-        delivery: SlackThreadDelivery = self.delivery
         channel_id, ts, found = await delivery.post_once(channel, report.id, text, blocks)
         if found:
             log.info("digest %s was posted before (ts %s)", report.id, ts)

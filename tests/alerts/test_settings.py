@@ -83,3 +83,18 @@ def test_empty_secret_file_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN_FILE: .* is empty"):
         from_env({"SLACK_BOT_TOKEN_FILE": str(tmp_path / "token"), "SLACK_CHANNEL": "#a"})
+
+
+def test_an_app_token_turns_the_buttons_on_and_must_be_an_app_level_token(tmp_path: Path) -> None:
+    secret = tmp_path / "app-token"
+    secret.write_text("xapp-1-A0-secret-value\n")
+    settings = from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_CHANNEL": "#a", "SLACK_APP_TOKEN_FILE": str(secret)})
+    assert settings.app_token is not None and settings.app_token.get_secret_value() == "xapp-1-A0-secret-value"
+    assert "secret-value" not in repr(settings)
+    with pytest.raises(ConfigError) as exc:
+        from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_CHANNEL": "#a", "SLACK_APP_TOKEN": "xoxb-oops-bot-token"})
+    assert exc.value.problems == [("SLACK_APP_TOKEN", "expected an app-level token (xapp-...) with the connections:write scope")]
+    assert "oops" not in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        from_env({"SLACK_APP_TOKEN": "xapp-1"})
+    assert [p for p, _ in exc.value.problems] == ["SLACK_APP_TOKEN"]

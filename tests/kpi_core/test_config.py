@@ -404,3 +404,16 @@ def test_config_is_frozen() -> None:
 
 def test_config_model_rejects_missing_measures() -> None:
     assert [p for p, _ in problems({"kpis": {}})] == ["measures"]
+
+
+def test_slack_controls_and_digests_are_checked_naming_the_field() -> None:
+    base = {"measures": {"clicks": {"event": "click"}}, "kpis": {"n": {"measure": "clicks"}}}
+    bad = {**base, "alerting": {"slack": {"allowed_users": ["@anna"]},
+                                "digests": [{"at": "25:00"}, {"window": "1d", "breakdown": ["device"], "kpis": ["ctr"], "timezone": "Mars/Base"}]}}
+    with pytest.raises(ConfigError) as exc:
+        config.from_dict(bad)
+    paths = sorted(p for p, _ in exc.value.problems)
+    assert paths == ["alerting.digests[0].at", "alerting.digests[1].timezone", "alerting.slack.allowed_users"], exc.value.problems
+    with pytest.raises(ConfigError) as exc:
+        config.from_dict({**base, "alerting": {"digests": [{"window": "1d", "breakdown": ["device"], "kpis": ["ctr"]}]}})
+    assert sorted(p for p, _ in exc.value.problems) == ["alerting.digests[0].breakdown", "alerting.digests[0].kpis[0]", "alerting.digests[0].window"]
