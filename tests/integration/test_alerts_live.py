@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.support.slack_api import SlackAPIServer
-from tests.support.worker import ROOT, SOURCES, Worker, topic_names
+from tests.support.worker import ROOT, Worker, close_input, send_ctr_window, topic_names
 
 T = 1_714_564_800_000  # 2024-05-01T12:00:00Z
 W = 10_000  # 10 s windows
@@ -39,19 +39,13 @@ def _config(prefix: str) -> dict[str, Any]:
 
 
 def _window(producer: KafkaProducer, prefix: str, campaign: str, w: int, clicks: int, imps: int = 100) -> None:
-    for i in range(imps):
-        producer.send(f"{prefix}-ad-impressions", orjson.dumps({"ts": T + w * W + i * 50, "campaign": campaign, "channel": "social"}))
-    for i in range(clicks):
-        producer.send(f"{prefix}-ad-clicks", orjson.dumps({"ts": T + w * W + i * 50 + 1, "campaign": campaign, "channel": "social", "cost": 1.0}))
+    send_ctr_window(producer, prefix, campaign, T + w * W, clicks, imps)
 
 
 def _close_through(producer: KafkaProducer, prefix: str, w: int) -> None:
     """Progress markers past window w (plus lateness) on every source partition, to move event time on."""
     producer.flush()
-    for topic in SOURCES:
-        for partition in range(2):
-            producer.send(f"{prefix}-{topic}", value=b"", partition=partition, headers=[("kpimon-watermark", str(T + (w + 1) * W + 2_000).encode())])
-    producer.flush()
+    close_input(producer.config["bootstrap_servers"], prefix, T + (w + 1) * W + 2_000, 2)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 from kafka import KafkaProducer
 
 from tests.support.slack_api import SlackAPIServer
-from tests.support.worker import ROOT, SOURCES, Worker, topic_names
+from tests.support.worker import ROOT, Worker, close_input, send_ctr_window, topic_names
 
 pytestmark = pytest.mark.integration
 
@@ -57,20 +57,14 @@ def _env(slack: SlackAPIServer) -> dict[str, str]:
     return {"SLACK_BOT_TOKEN": TOKEN, "SLACK_APP_TOKEN": slack.app_token, "SLACK_CHANNEL": CHANNEL, "SLACK_API_URL": slack.base_url}
 
 
-def _send(producer: KafkaProducer, prefix: str, campaign: str, w: int, clicks: int, imps: int = 100, t0: int = T) -> None:
-    for i in range(imps):
-        producer.send(f"{prefix}-ad-impressions", orjson.dumps({"ts": t0 + w * W + i * 50, "campaign": campaign, "channel": "social"}))
-    for i in range(clicks):
-        producer.send(f"{prefix}-ad-clicks", orjson.dumps({"ts": t0 + w * W + i * 50 + 1, "campaign": campaign, "channel": "social", "cost": 1.0}))
+def _send(producer: KafkaProducer, prefix: str, campaign: str, w: int, clicks: int, t0: int = T) -> None:
+    send_ctr_window(producer, prefix, campaign, t0 + w * W, clicks)
 
 
 def _close_through(producer: KafkaProducer, prefix: str, ts: int) -> None:
     """Progress markers at ``ts`` on every source partition, to move event time on."""
     producer.flush()
-    for topic in SOURCES:
-        for partition in range(2):
-            producer.send(f"{prefix}-{topic}", value=b"", partition=partition, headers=[("kpimon-watermark", str(ts).encode())])
-    producer.flush()
+    close_input(producer.config["bootstrap_servers"], prefix, ts, 2)
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> Any:

@@ -31,6 +31,14 @@ def free_port() -> int:
 SOURCES = Topics().types()
 
 
+def send_ctr_window(producer: Any, prefix: str, campaign: str, start: int, clicks: int, imps: int = 100) -> None:
+    """One campaign's impressions and clicks (cost 1.0 each) in the 5 seconds from ``start``: CTR clicks/imps."""
+    for i in range(imps):
+        producer.send(f"{prefix}-ad-impressions", orjson.dumps({"ts": start + i * 50, "campaign": campaign, "channel": "social"}))
+    for i in range(clicks):
+        producer.send(f"{prefix}-ad-clicks", orjson.dumps({"ts": start + i * 50 + 1, "campaign": campaign, "channel": "social", "cost": 1.0}))
+
+
 def close_input(bootstrap: str, prefix: str, ts: int, partitions: int, topics: list[str] | None = None) -> None:
     """A progress marker at ``ts`` (docs/events.md) in every partition of every source topic.
 
