@@ -23,10 +23,10 @@ class DeliveryState:
 
     def delivered(self, event: AlertEvent, *, shown: bool = True) -> DeliveryState:
         """This state after ``event`` is delivered (``shown``) or skipped, with nothing pending."""
+        incident = event.id if event.kind == "opened" else self.incident  # a new incident, shown or not
         if not shown:
-            return replace(self, delivered_seq=max(self.delivered_seq, event.seq), pending_id=None)
+            return replace(self, delivered_seq=max(self.delivered_seq, event.seq), pending_id=None, incident=incident)
         firing = tuple(f.kpi for f in event.findings if f.status == "firing")
-        incident = event.id if event.kind == "opened" else self.incident
         return replace(self, delivered_seq=event.seq, pending_id=None, severity=event.severity, firing=firing, incident=incident)
 
     def to_json(self) -> dict[str, Any]:

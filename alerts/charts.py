@@ -22,6 +22,11 @@ WIDTH, HEIGHT, DPI = 800, 400, 100
 _RED, _BLUE, _GREEN, _GREY = "#d62728", "#1f77b4", "#2ca02c", "#7f7f7f"
 
 
+def _plain(text: str) -> str:
+    """Text drawn as written: matplotlib reads ``$...$`` as math (a campaign named ``Win $100 or $200``)."""
+    return text.replace("$", r"\$")
+
+
 def breaching(f: Finding, value: float | None) -> bool:
     """Whether a window's value is on the wrong side of the finding's line."""
     if value is None or f.threshold is None:
@@ -48,7 +53,7 @@ def incident_chart(event: AlertEvent) -> bytes | None:
     ax = fig.add_subplot()
     xs = [_time(start) for start, _ in points]
     ys = [float("nan") if v is None else v for _, v in points]
-    ax.plot(xs, ys, color=_BLUE, marker="o", markersize=3, linewidth=1.5, label=f.kpi)
+    ax.plot(xs, ys, color=_BLUE, marker="o", markersize=3, linewidth=1.5, label=_plain(f.kpi))
     bad = [(x, y) for x, (_, v), y in zip(xs, points, ys) if breaching(f, v)]
     if bad:
         ax.scatter([x for x, _ in bad], [y for _, y in bad], color=_RED, s=36, zorder=3, label="breaching")
@@ -59,7 +64,7 @@ def incident_chart(event: AlertEvent) -> bytes | None:
     if f.threshold is not None and f.threshold not in (f.target, f.baseline):
         ax.axhline(f.threshold, color=_RED, linestyle="-", linewidth=0.8, alpha=0.5, label=f"alert line {f.threshold:.4g}")
     label = ", ".join(f"{d}={event.group[d]}" for d in event.dims) or "all traffic"
-    ax.set_title(f"{f.kpi} · {label} · {event.window} windows (UTC)", fontsize=11)
+    ax.set_title(_plain(f"{f.kpi} · {label} · {event.window} windows (UTC)"), fontsize=11)
     ax.xaxis.set_major_formatter(DateFormatter("%m-%d %H:%M", tz=timezone.utc))
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -71,14 +76,14 @@ def bar_chart(title: str, bars: list[tuple[str, float | None]], target: float | 
     """One value per label (a digest's KPI per campaign), with the target as a line."""
     fig = _figure()
     ax = fig.add_subplot()
-    labels = [label for label, _ in bars]
+    labels = [_plain(label) for label, _ in bars]
     values = [0.0 if v is None else v for _, v in bars]
     ax.bar(range(len(bars)), values, color=_BLUE)
     ax.set_xticks(range(len(bars)), labels, rotation=30, ha="right", fontsize=8)
     if target is not None:
         ax.axhline(target, color=_GREEN, linestyle="--", linewidth=1.2, label=f"target {target:.4g}")
         ax.legend(loc="best", fontsize=8)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(_plain(title), fontsize=11)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 

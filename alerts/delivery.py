@@ -54,6 +54,7 @@ log = logging.getLogger("kpimon.alerts")
 EVENT_TYPE = "kpimon_alert"  # the metadata event type that marks kpimon's messages
 DEFAULT_LOOKBACK = 200  # newest channel messages searched for an opening in doubt
 _MAX_REPLY_PAGES = 10
+DIGEST_PAGES = 10  # pages of DEFAULT_LOOKBACK messages searched for a day's digest
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]+")  # an ID; channel names are lower case
 
 
@@ -135,20 +136,28 @@ class SlackThreadDelivery:
 
     async def _chart(self, event: AlertEvent, channel: str, ts: str, *, in_doubt: bool) -> None:
         """Upload the opening's chart into its thread, once."""
-        png = await asyncio.to_thread(incident_chart, event)  # matplotlib off the event loop
+        try:
+            png = await asyncio.to_thread(incident_chart, event)  # matplotlib off the event loop
+        except Exception:  # noqa: BLE001 - a chart must never hold up the alert it illustrates
+            log.exception("Chart of alert %s could not be drawn; the alert goes without it", event.id)
+            return
         kpi = event.findings[0].kpi
         if png is not None:
             await self.upload(channel, ts, event.id, png, title=f"{kpi} chart", in_doubt=in_doubt,
                               alt=f"{kpi} over the recent windows, with its target and the breaching windows marked")
 
     async def find_posted(self, channel: str, key: str) -> tuple[str, str] | None:
-        """The channel ID and ts of a message ``post_once`` posted with ``key``, if the channel's latest messages hold it."""
-        return await self._find(channel, key, None)
+        """The channel ID and ts of a message ``post_once`` posted with ``key``, if the channel's latest
+        ``DIGEST_PAGES`` pages of messages hold it (a digest is looked for all day, in a busy channel too)."""
+        return await self._find(channel, key, None, pages=DIGEST_PAGES)
 
     async def post_once(self, channel: str, key: str, text: str, blocks: list[dict[str, Any]]) -> tuple[str, str, bool]:
         """Post a message carrying ``key`` unless the channel has one already (a digest after a
         restart): the channel ID and ts of the message, and whether it was found, not posted."""
-        return await self._post(channel, _Keyed(key, key), text=text, blocks=blocks, in_doubt=True)
+        found = await self.find_posted(channel, key)
+        if found is not None:
+            return *found, True
+        return await self._post(channel, _Keyed(key, key), text=text, blocks=blocks, in_doubt=False)
 
     async def upload(self, channel: str, ts: str, key: str, png: bytes, *, title: str, alt: str, in_doubt: bool) -> None:
         """Upload a PNG into a thread once (``files_upload_v2``). A chart that cannot be uploaded
@@ -248,18 +257,18 @@ class SlackThreadDelivery:
                 self._channel_ids[channel] = channel_id
             return channel_id, response["ts"], False
 
-    async def _find(self, channel: str, event_id: str, thread_ts: str | None) -> tuple[str, str] | None:
+    async def _find(self, channel: str, event_id: str, thread_ts: str | None, *, pages: int = 1) -> tuple[str, str] | None:
         """The channel ID and ts of a message carrying this event id, if Slack has one."""
         channel_id = await self._channel_id(channel)
         if channel_id is None:
             return None
-        pages = 1 if thread_ts is None else _MAX_REPLY_PAGES
+        pages = pages if thread_ts is None else _MAX_REPLY_PAGES
         cursor = None
         for _ in range(pages):
             if thread_ts is None:
                 # Newest first: an opening in doubt is among the channel's latest messages.
                 call = self._client.conversations_history(
-                    channel=channel_id, include_all_metadata=True, limit=self._lookback
+                    channel=channel_id, include_all_metadata=True, limit=self._lookback, cursor=cursor
                 )
                 method = "conversations.history"
             else:

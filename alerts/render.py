@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from kpi_core.digest import Report
-from kpi_core.feedback import ACK, FALSE_ALARM, SILENCE, SNOOZE, IncidentFeedback, Mark, Ref
+from kpi_core.feedback import ACK, FALSE_ALARM, MAX_VALUE, SILENCE, SNOOZE, IncidentFeedback, Mark, Ref
 from kpi_core.incidents import AlertEvent, Finding
 from kpi_core.results import format_value, iso
 
@@ -122,11 +122,11 @@ def feedback_blocks(ref: Ref | None, feedback: IncidentFeedback | None, *, firin
         blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK}_status",
                        "elements": [{"type": "mrkdwn", "text": _clip(line, MAX_SECTION_CHARS)}]})
     marks = feedback.marks if feedback else {}
-    if ref is not None and firing and FALSE_ALARM not in marks:
-        value = ref.to_value()
+    value = ref.to_value() if ref is not None else ""
+    if ref is not None and firing and FALSE_ALARM not in marks and len(value) <= MAX_VALUE:
         buttons = []
         for action, label, style in _BUTTONS:
-            if action in marks:
+            if action in marks or (action == SILENCE and not ref.group):  # a total's silence would mute its KPI everywhere
                 continue
             button: dict[str, Any] = {"type": "button", "action_id": f"kpimon_{action}", "value": value,
                                       "text": {"type": "plain_text", "text": label}}

@@ -259,7 +259,7 @@ class AlertEngine:
                 continue
             key = (wi, self.plan.breakdowns.index(snap.dims), tuple(snap.group[d] for d in snap.dims))
             recent = self.history.setdefault(key, {})
-            recent[snap.start] = values
+            recent.setdefault(snap.start, {}).update(values)  # each phase judges its own KPIs
             if len(recent) > HISTORY:
                 del recent[min(recent)]
         if snapshots:

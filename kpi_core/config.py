@@ -357,6 +357,23 @@ class Alerting(_Model):
         return self.default_channel, None
 
 
+def _day_problems(window: Window, zone: str) -> list[str]:
+    """Why a window cannot make up a digest's local days: hopping, or not fitting the zone's midnight."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    if (window.step or window.size) != window.size:
+        return [f"window {window.name} hops (step {format_duration(window.step or 0)}): a digest sums tumbling windows, each event once"]
+    tz = ZoneInfo(zone)
+    for month in (1, 7):  # winter and summer time
+        offset = datetime(2024, month, 1, tzinfo=tz).utcoffset()
+        ms = int(offset.total_seconds() * 1000) if offset is not None else 0
+        if ms % window.size:
+            return [f"window {window.name} does not fit {zone}'s days (UTC offset {offset}): windows start on UTC boundaries; "
+                    "choose one that divides the offset, such as 1h or 15m"]
+    return []
+
+
 def driver_factors(kpi: Kpi) -> list[tuple[str, int]]:
     """A KPI tree's factors as (KPI name, exponent ±1), from ``drivers``."""
     return [(d[1:], -1) if d.startswith("/") else (d, 1) for d in kpi.drivers or ()]
@@ -666,6 +683,12 @@ class Config(_Model):
             for j, k in enumerate(d.kpis or []):
                 if k not in self.kpis:
                     problems.append((f"{path}.kpis[{j}]", f"unknown KPI {k!r}; expected one of {', '.join(self.kpis)}"))
+                elif not self.summable(k):
+                    problems.append((f"{path}.kpis[{j}]", f"{k} cannot be summed over a day (a change KPI, or over distinct counts: "
+                                                          "a visitor in two hours is one visitor in the day)"))
+            window = next((w for w in self.windows if w.name == d.window), None) if d.window else min(self.windows, key=lambda w: w.size)
+            if window is not None:
+                problems += [(f"{path}.window", p) for p in _day_problems(window, d.timezone)]
         if problems:
             raise ConfigError(problems)
         return self
@@ -706,6 +729,14 @@ class Config(_Model):
             if etype in by_type and by_type[etype][0] in self.topics.sources and topic not in self.arrival:
                 problems.append((f"arrival.{topic}", f"{etype} events also come from {by_type[etype][0]!r}: declare the same profile here, or declare it for the event type ({etype}:)"))
         return problems
+
+    def summable(self, kpi: str) -> bool:
+        """Whether a KPI over a day is the KPI of the day's summed windows: counts and sums, and not a change."""
+        k = self.kpis[kpi]
+        if k.change:
+            return False
+        measures = [m for r in k.refs() if r in self.measures for m in [r, *self.measures[r].refs()]]
+        return all(self.measures[m].distinct is None for m in measures if m in self.measures)
 
     def arrival_of(self, etype: str) -> Arrival | None:
         """The arrival profile of one event type (declared for it, or for a topic carrying it)."""

@@ -102,7 +102,7 @@ def build(plan: Plan, spec: Digest, day: date, snapshots: Iterable[dict[str, Any
     cfg = plan.config
     window = spec.window or min(cfg.windows, key=lambda w: w.size).name
     dims = list(spec.breakdown)
-    kpis = [k for k in (spec.kpis or list(cfg.targets)) if _summable(plan, k)]
+    kpis = [k for k in (spec.kpis or list(cfg.targets)) if k in cfg.kpis and cfg.summable(k)]
     start, end = day_range(day, spec.timezone)
     before = day_range(day - timedelta(days=1), spec.timezone)[0]
     # The latest version of each window's snapshot, per group, phase and day.
@@ -157,15 +157,6 @@ def build(plan: Plan, spec: Digest, day: date, snapshots: Iterable[dict[str, Any
     targets = {k: cfg.targets[k].value if k in cfg.targets else None for k in kpis}
     units = {k: cfg.kpis[k].unit for k in kpis}
     return Report(channel, day, spec.timezone, kpis, targets, units, rows, movers[: spec.top], _once(opened), _once(resolved))
-
-
-def _summable(plan: Plan, name: str) -> bool:
-    """Whether a KPI of summed windows is the KPI of the day: counts and sums only, and not a change."""
-    k = plan.config.kpis.get(name)
-    if k is None or k.change:
-        return False
-    return all(plan.config.measures[m].distinct is None and all(plan.config.measures[p].distinct is None for p in plan.config.measures[m].refs())
-               for m in k.refs() if m in plan.config.measures)
 
 
 def _breach(plan: Plan, kpi: str, group: dict[str, str], value: float | None) -> bool:

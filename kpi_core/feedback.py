@@ -29,7 +29,7 @@ import orjson
 
 from kpi_core.errors import KpimonError
 from kpi_core.incidents import AlertEvent
-from kpi_core.silences import KPI, Silence
+from kpi_core.silences import Silence
 
 ACK, SNOOZE, SILENCE, FALSE_ALARM = "ack", "snooze", "silence", "false_alarm"
 ACTIONS = (ACK, SNOOZE, SILENCE, FALSE_ALARM)
@@ -37,6 +37,7 @@ ACTIONS = (ACK, SNOOZE, SILENCE, FALSE_ALARM)
 VERDICTS = {ACK: "acknowledged", SNOOZE: "snoozed", SILENCE: "silenced", FALSE_ALARM: "false_alarm"}
 ACTION_PREFIX = "kpimon_"  # a button's action_id is kpimon_<action>: other apps' buttons are not ours
 SILENCE_MS = 24 * 3_600_000
+MAX_VALUE = 2000  # Slack's limit on a button's value: a longer one gets no buttons
 
 
 class InvalidClick(KpimonError):
@@ -60,18 +61,19 @@ class Ref:
                    tuple(sorted({f.rule for f in event.findings})))
 
     def to_value(self) -> str:
-        """The button's value (Slack allows 2,000 characters: groups and KPI names are short)."""
-        return orjson.dumps({"i": self.incident, "t": self.thread, "g": self.group, "k": self.kpis, "r": self.rules}).decode()
+        """The button's value (Slack allows ``MAX_VALUE`` characters); the thread is the incident's prefix."""
+        return orjson.dumps({"i": self.incident, "g": self.group, "k": self.kpis, "r": self.rules}).decode()
 
     @classmethod
     def from_value(cls, value: Any) -> Ref:
         try:
             raw = orjson.loads(value)
-            ref = cls(str(raw["i"]), str(raw["t"]), {str(k): str(v) for k, v in raw["g"].items()},
+            incident = str(raw["i"])
+            ref = cls(incident, incident.rsplit("#", 1)[0], {str(k): str(v) for k, v in raw["g"].items()},
                       tuple(str(k) for k in raw["k"]), tuple(str(r) for r in raw["r"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidClick(f"the button's value is not a kpimon incident ({type(exc).__name__})") from None
-        if not ref.incident or not ref.thread:
+        if "#" not in ref.incident or not ref.thread:
             raise InvalidClick("the button's value names no incident")
         return ref
 
@@ -123,7 +125,11 @@ def parse_click(payload: Mapping[str, Any]) -> Click | None:
         at = int(float(action_ts) * 1000)
     except ValueError:
         raise InvalidClick(f"action_ts {action_ts!r} is not a Slack timestamp") from None
-    return Click(Ref.from_value(action.get("value")), name, str(user), at, str(action_ts), str(channel), str(ts))
+    ref = Ref.from_value(action.get("value"))
+    if name == SILENCE and not ref.group:
+        # A silence selects by matchers: one on the KPI alone would mute it in every group too.
+        raise InvalidClick("the total (all traffic) has no Silence button: use `kpimon silence add --kpi`")
+    return Click(ref, name, str(user), at, str(action_ts), str(channel), str(ts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,18 +257,14 @@ def decide(click: Click, known: IncidentFeedback, *, permitted: bool, who: str =
 
 
 def silences_for(click: Click) -> list[Silence]:
-    """The 24-hour silence a click asks for: the incident's group; a total (no group) by KPI.
+    """The 24-hour silence a click asks for: the incident's group (every KPI of it).
 
     Its id comes from the click, so a repeat writes the same silence.
     """
     ref = click.ref
     digest = hashlib.sha1(click.key.encode()).hexdigest()[:12]
-    reason = f"silenced from Slack on {ref.thread}"
-    common = dict(starts_at=click.at, ends_at=click.at + SILENCE_MS, reason=reason, created_by=f"slack:{click.user}")
-    if ref.group:
-        return [Silence(id=f"slack-{digest}", matchers=_exact(ref.group), **common)]  # type: ignore[arg-type]
-    return [Silence(id=f"slack-{digest}-{kpi}", matchers={KPI: _glob_literal(kpi)}, **common)  # type: ignore[arg-type]
-            for kpi in ref.kpis]
+    return [Silence(id=f"slack-{digest}", matchers=_exact(ref.group), starts_at=click.at, ends_at=click.at + SILENCE_MS,
+                    reason=f"silenced from Slack on {ref.thread}", created_by=f"slack:{click.user}")]
 
 
 def _exact(group: Mapping[str, str]) -> dict[str, str]:

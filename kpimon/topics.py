@@ -51,6 +51,10 @@ def ensure_topics(config: Config, settings: WorkerSettings, *, security: KafkaSe
         # metadata and wait for recovery of partitions they were never assigned.
         missing += [NewTopic(name, config.topics.partitions, 1, topic_configs={"cleanup.policy": "compact"})
                     for name in settings.changelog_topics if name not in existing]
+        # Slack feedback: compacted, one partition (like silences); created here so an opening
+        # delivered before the watcher starts cannot auto-create it with delete retention.
+        if config.topics.feedback not in existing:
+            missing.append(NewTopic(config.topics.feedback, 1, 1, topic_configs={"cleanup.policy": "compact"}))
         if missing:
             try:
                 admin.create_topics(missing)

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from alerts.charts import digest_chart
+from alerts.base import AlertDeliveryError
 from alerts.delivery import SlackThreadDelivery
 from alerts.render import render_digest
 from kpi_core.config import Digest
@@ -33,6 +34,7 @@ from streams.security import KafkaSecurity
 log = logging.getLogger("kpimon.digest")
 
 HOUR_MS = 3_600_000
+RETRY_CAP = 1800.0  # seconds between tries of a digest that keeps failing
 
 
 class DigestPoster:
@@ -46,6 +48,7 @@ class DigestPoster:
         self.fallback = fallback
         self.count = count
         self.done: set[tuple[int, date]] = set()
+        self._retry: dict[tuple[int, date], tuple[float, float]] = {}  # digest -> (not before, last wait), monotonic s
         self._warned = False
 
     async def tick(self, now_ms: int | None = None) -> None:
@@ -53,7 +56,7 @@ class DigestPoster:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         for i, spec in enumerate(self.specs):
             day = due(spec, now)
-            if day is None or (i, day) in self.done:
+            if day is None or (i, day) in self.done or time.monotonic() < self._retry.get((i, day), (0.0, 0.0))[0]:
                 continue
             if not isinstance(self.delivery, SlackThreadDelivery):
                 if not self._warned:
@@ -62,10 +65,23 @@ class DigestPoster:
                 return
             try:
                 await self._post(spec, day)
-            except Exception as exc:  # noqa: BLE001 - tried again at the next tick
-                log.warning("digest of %s for %s not posted yet: %s", day, spec.channel or self.fallback, exc)
+            except AlertDeliveryError as exc:
+                if not exc.retryable:  # a missing scope or channel: fixing it takes a person, not a retry
+                    log.error("digest of %s for %s not posted, giving up for the day: %s", day, spec.channel or self.fallback, exc)
+                    self.done.add((i, day))
+                else:
+                    self._later((i, day), exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - tried again later
+                self._later((i, day), exc)
                 continue
             self.done.add((i, day))
+
+    def _later(self, key: tuple[int, date], exc: Exception) -> None:
+        """Back off: 30 s after the first failure, doubling to 30 minutes (each try reads two days of snapshots)."""
+        wait = min(self._retry.get(key, (0.0, 15.0))[1] * 2, RETRY_CAP)
+        self._retry[key] = (time.monotonic() + wait, wait)
+        log.warning("digest of %s not posted yet (%s); trying again in %.0fs", key[1], exc, wait)
 
     async def _post(self, spec: Digest, day: date) -> None:
         channel = spec.channel or self.fallback
@@ -90,7 +106,11 @@ class DigestPoster:
         else:
             log.info("digest %s posted (ts %s): %d rows, %d incidents opened", report.id, ts, len(report.rows), len(report.opened))
             self.count("posted")
-        png = await asyncio.to_thread(digest_chart, report)
+        try:
+            png = await asyncio.to_thread(digest_chart, report)
+        except Exception:  # noqa: BLE001 - the digest is posted; it goes without its chart
+            log.exception("chart of digest %s could not be drawn", report.id)
+            png = None
         if png is not None:
             await delivery.upload(channel_id, ts, report.id, png, title=f"{report.kpis[0]} by {', '.join(spec.breakdown) or 'total'}",
                                   alt=f"{report.kpis[0]} of each group on {day.isoformat()} against its target", in_doubt=found)

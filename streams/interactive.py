@@ -47,6 +47,7 @@ _sdk_log.setLevel(logging.INFO)  # slack-sdk's DEBUG lines carry payloads
 
 ACK_WITHIN = 2.0  # seconds: Slack retries an envelope not acknowledged within 3
 GROUPS_TTL = 300.0  # seconds a user group's members are trusted before asking Slack again
+GROUPS_WITHIN = 1.0  # seconds the user-group look-up may take before the click is refused
 
 Write = Callable[[str, str, bytes], Awaitable[Any]]  # topic, key, value: durable once awaited
 
@@ -120,10 +121,11 @@ class SlackControl:
             log.info("Slack click by %s on %s refused: not an allowed user", click.user, click.ref.incident)
             self.count("refused")
             return self._refuse(click.channel, click.user, decision.refusal)
-        for key, value in decision.records:
-            await self.write(self.watcher.topic, key, value)
+        # The silence first: a click recorded is shown as done, so what it promises must exist.
         for silence in decision.silences:
             await self.write(self.silences_topic, silence.id, silence.to_bytes())
+        for key, value in decision.records:
+            await self.write(self.watcher.topic, key, value)
         self.count("repeated" if repeat else "applied")
         log.info("Slack click: %s %s on %s", click.user, click.action, click.ref.incident)
         return self._edit(payload, decision)
@@ -133,11 +135,12 @@ class SlackControl:
         if not users and not groups or user in users:
             return True, ""
         try:
-            members = await self._group_members()
+            # Bounded: the click is acknowledged within ACK_WITHIN whatever Slack's user groups do.
+            members = await asyncio.wait_for(self._group_members(), GROUPS_WITHIN)
         except Exception as exc:  # noqa: BLE001 - refused, and said why
             error = delivery_error("usergroups.users.list", exc)
             log.warning("cannot check Slack user-group membership (the bot needs usergroups:read): %s", error)
-            return False, "kpimon could not check your user groups."
+            return False, "kpimon could not check your user groups just now; try again in a minute."
         allowed_to = " or ".join(filter(None, [users and f"users {', '.join(users)}", groups and f"user groups {', '.join(groups)}"]))
         return allowed(user, users, members, restricted=True), f"Only {allowed_to} may (alerting.slack in kpimon.yaml)."
 

@@ -408,3 +408,11 @@ def test_default_channel_from_the_config_wins(slack_api: SlackAPIServer) -> None
 def test_update_reply_without_history_says_what_is_firing() -> None:
     # A state stored before severity and firing were recorded still gets a sensible reply.
     assert render_update(thread_events()[1]) == "Still firing: ctr 0.42% below target 2.00%; cpc 0.75 above target 0.50"
+
+
+def test_an_opening_not_shown_still_starts_a_new_incident() -> None:
+    """A silenced reopening: its updates must not inherit the previous incident's snooze."""
+    old = DeliveryState(channel="C1", root_ts="1.0", delivered_seq=3, incident="1m|campaign|spring-sale#1")
+    reopened = make_event(seq=4)
+    assert old.delivered(reopened, shown=False).incident == reopened.id
+    assert old.delivered(make_event(seq=5, kind="updated"), shown=False).incident == old.incident

@@ -72,3 +72,18 @@ def test_the_incident_chart_is_a_png_of_the_fixed_size_with_its_breaching_window
 def test_the_digest_chart_has_the_same_size(bars: list) -> None:
     image = matplotlib.image.imread(io.BytesIO(bar_chart("CTR by campaign", bars, target=0.01)), format="png")
     assert image.shape[:2] == (HEIGHT, WIDTH)
+
+
+def test_a_total_gets_no_silence_button_and_an_oversized_value_no_buttons() -> None:
+    total = make_event(thread="1m|total", dims=(), group={})
+    _, blocks = render_event(total, ref=Ref.of(total, total.id))
+    assert buttons(blocks) == ["kpimon_ack", "kpimon_snooze", "kpimon_false_alarm"]
+    long = make_event(group={"campaign": "x" * 2100})
+    _, blocks = render_event(long, ref=Ref.of(long, long.id))
+    assert buttons(blocks) == []
+
+
+def test_a_campaign_named_like_math_is_drawn_as_written() -> None:
+    event = make_event(group={"campaign": "Win $100 {or $200"}, extra={"history": {"ctr": [[MAY_1_NOON, 0.0042]]}})
+    assert incident_chart(event)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert bar_chart("ctr", [("Win $100 {or $200", 0.1)])[:4] == b"\x89PNG"

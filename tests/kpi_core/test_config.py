@@ -417,3 +417,17 @@ def test_slack_controls_and_digests_are_checked_naming_the_field() -> None:
     with pytest.raises(ConfigError) as exc:
         config.from_dict({**base, "alerting": {"digests": [{"window": "1d", "breakdown": ["device"], "kpis": ["ctr"]}]}})
     assert sorted(p for p, _ in exc.value.problems) == ["alerting.digests[0].breakdown", "alerting.digests[0].kpis[0]", "alerting.digests[0].window"]
+
+
+def test_a_digest_window_must_tumble_and_fit_the_zones_days() -> None:
+    base = {"measures": {"clicks": {"event": "click"}}, "kpis": {"n": {"measure": "clicks"}}}
+    with pytest.raises(ConfigError) as exc:
+        config.from_dict({**base, "windows": [{"size": "1h", "step": "15m", "name": "hop"}, {"size": "1h"}, {"size": "1d"}],
+                          "alerting": {"digests": [{"window": "hop"}, {"window": "1d", "timezone": "Europe/Berlin"},
+                                                   {"window": "1h", "timezone": "Asia/Kolkata"}]}})
+    problems = dict(exc.value.problems)
+    assert list(problems) == ["alerting.digests[0].window", "alerting.digests[1].window", "alerting.digests[2].window"]
+    assert "hops" in problems["alerting.digests[0].window"] and "Europe/Berlin" in problems["alerting.digests[1].window"]
+    assert "5:30" in problems["alerting.digests[2].window"]
+    ok = config.from_dict({**base, "windows": [{"size": "15m"}], "alerting": {"digests": [{"timezone": "Asia/Kolkata"}]}})
+    assert ok.alerting.digests[0].at == "09:00"

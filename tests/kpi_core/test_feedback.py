@@ -111,3 +111,10 @@ def test_bad_records_on_the_topic_are_named_and_ignored() -> None:
     assert fs.apply(b"vote|x", orjson.dumps({"incident": "x", "thread": "t"})) == "unknown_record: 'vote'"
     assert fs.apply(None, b"{}") == "missing_key: feedback records are keyed"
     assert len(fs) == 0 and fs.counts() == {}
+
+
+def test_a_total_has_no_silence_button_since_a_kpi_matcher_alone_would_mute_every_group() -> None:
+    total = Ref("1m|total#1", "1m|total", {}, ("ctr",), ("target",))
+    with pytest.raises(InvalidClick, match="no Silence button"):
+        parse_click(payload("silence", value=total.to_value()))
+    assert parse_click(payload("ack", value=total.to_value())).ref == total
