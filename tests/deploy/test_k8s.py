@@ -119,10 +119,11 @@ def test_config_is_mounted_where_the_worker_reads_it(sts: dict[str, Any], contai
 
 
 def _env_refs(container: dict[str, Any], ref: str) -> list[tuple[str, str]]:
+    """The keys the pod needs; ``optional: true`` ones (SLACK_APP_TOKEN's) may be left out."""
     return [
         (e["valueFrom"][ref]["name"], e["valueFrom"][ref]["key"])
         for e in container.get("env", [])
-        if ref in e.get("valueFrom", {})
+        if ref in e.get("valueFrom", {}) and not e["valueFrom"][ref].get("optional")
     ]
 
 
@@ -141,6 +142,7 @@ def test_replicas_share_one_consumer_group(container: dict[str, Any]) -> None:
     env = {e["name"]: e for e in container["env"]}
     assert env["KPIMON_APP_ID"].get("value"), "a literal app id, the same for every pod"
     assert {"KAFKA_BOOTSTRAP_SERVERS", "SLACK_BOT_TOKEN", "SLACK_CHANNEL"} <= env.keys()
+    assert env["SLACK_APP_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "kpimon-slack", "key": "app-token", "optional": True}
 
 
 def test_probes_point_at_health_on_the_metrics_port(container: dict[str, Any]) -> None:
