@@ -60,6 +60,15 @@ class Ref:
         return cls(incident, event.thread, dict(event.group), tuple(sorted({f.kpi for f in firing})),
                    tuple(sorted({f.rule for f in event.findings})))
 
+    def to_json(self) -> dict[str, Any]:
+        """The incident's part of a feedback record (clicks and ``incident|`` records alike)."""
+        return {"incident": self.incident, "thread": self.thread, "group": self.group, "kpis": list(self.kpis), "rules": list(self.rules)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Ref:
+        return cls(str(raw["incident"]), str(raw["thread"]), dict(raw.get("group") or {}), tuple(raw.get("kpis") or ()),
+                   tuple(raw.get("rules") or ()))
+
     def to_value(self) -> str:
         """The button's value (Slack allows ``MAX_VALUE`` characters); the thread is the incident's prefix."""
         return orjson.dumps({"i": self.incident, "g": self.group, "k": self.kpis, "r": self.rules}).decode()
@@ -95,8 +104,7 @@ class Click:
         return f"click|{self.ref.incident}|{self.action}|{self.action_ts}|{self.user}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"incident": self.ref.incident, "thread": self.ref.thread, "group": self.ref.group, "kpis": list(self.ref.kpis),
-                "rules": list(self.ref.rules), "action": self.action, "user": self.user, "at": self.at,
+        return {**self.ref.to_json(), "action": self.action, "user": self.user, "at": self.at,
                 "action_ts": self.action_ts, "channel": self.channel, "ts": self.ts}
 
 
@@ -146,7 +154,6 @@ class IncidentFeedback:
 
     ref: Ref | None = None
     marks: dict[str, Mark] = field(default_factory=dict)
-    shown: bool = False  # an ``incident|`` record says it was shown to people
 
     def add(self, action: str, mark: Mark) -> None:
         old = self.marks.get(action)
@@ -177,8 +184,7 @@ class FeedbackSet:
             return f"unknown_record: {kind!r}"
         try:
             raw = orjson.loads(value)
-            ref = Ref(str(raw["incident"]), str(raw["thread"]), dict(raw.get("group") or {}), tuple(raw.get("kpis") or ()),
-                      tuple(raw.get("rules") or ()))
+            ref = Ref.from_json(raw)
             mark = Mark(str(raw["user"]), int(raw["at"])) if kind == "click" else None
             action = raw["action"] if kind == "click" else None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -186,10 +192,8 @@ class FeedbackSet:
         if action is not None and action not in ACTIONS:
             return f"unknown_action: {action!r}"
         fb = self._incidents.setdefault(ref.incident, IncidentFeedback())
-        fb.ref = fb.ref or ref
-        if mark is None:
-            fb.shown = True
-        else:
+        fb.ref = fb.ref or ref  # an ``incident|`` record brings only this: the incident counts in precision
+        if mark is not None:
             fb.add(action, mark)
             self._clicks.add(key)
         return None
@@ -226,8 +230,9 @@ class FeedbackSet:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What must happen for one click, in this order: write ``records``, write ``silences``,
-    edit the message to show ``feedback``; or, when refused, only tell the user ``refusal``."""
+    """What must happen for one click, in this order: write ``silences`` (what a recorded click
+    promises must exist), write ``records``, edit the message to show ``feedback``; or, when
+    refused, only tell the user ``refusal``."""
 
     records: list[tuple[str, bytes]]
     silences: list[Silence]
@@ -249,7 +254,7 @@ def decide(click: Click, known: IncidentFeedback, *, permitted: bool, who: str =
     if not permitted:
         return Decision([], [], None, refusal=(
             f"Sorry, you are not allowed to act on kpimon alerts, so nothing was changed. {who}".strip()))
-    fb = IncidentFeedback(click.ref, dict(known.marks), known.shown)
+    fb = IncidentFeedback(click.ref, dict(known.marks))
     fb.add(click.action, Mark(click.user, click.at))
     records = [(click.key, orjson.dumps(click.to_json()))]
     silences = silences_for(click) if click.action == SILENCE else []
@@ -278,7 +283,4 @@ def _glob_literal(value: str) -> str:
 
 def incident_record(event: AlertEvent, incident: str, channel: str | None, ts: str | None) -> tuple[str, bytes]:
     """The ``incident|`` record written when an opening reaches people."""
-    ref = Ref.of(event, incident)
-    return f"incident|{incident}", orjson.dumps({"incident": incident, "thread": ref.thread, "group": ref.group,
-                                                 "kpis": list(ref.kpis), "rules": list(ref.rules),
-                                                 "channel": channel, "ts": ts, "at": event.start})
+    return f"incident|{incident}", orjson.dumps({**Ref.of(event, incident).to_json(), "channel": channel, "ts": ts, "at": event.start})
